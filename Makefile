@@ -1,0 +1,30 @@
+# Everything runs from the virtualenv in .venv/, created and filled on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test unit bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The service on its embedded default: local PostgreSQL + local Kafka, a demo clinic and an API key.
+run: $(STAMP)
+	$(BIN)/slotledger up --demo
+
+## Every test, against a real PostgreSQL and a real Kafka broker.
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Domain tests only: no servers.
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .slotledger .pytest_cache

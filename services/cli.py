@@ -1,0 +1,143 @@
+"""The `slotledger` command."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from typing import Awaitable, Callable
+
+from services.local.kafka import MissingToolError
+from services.local.stack import LocalStack, describe, running_stack, settings_for_cli, write_stack_file
+from services.logs import configure, log
+from services.runtime import COMPONENTS, Runtime
+from services.settings import Settings
+
+
+async def _serve(settings: Settings, components: tuple[str, ...],
+                 on_ready: Callable[[Runtime], Awaitable[None]] | None = None) -> None:
+    runtime = Runtime(settings, components)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runtime.start()
+        if on_ready is not None:
+            await on_ready(runtime)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await runtime.stop()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    settings = Settings()
+    if running_stack(settings):
+        print(f"slotledger: a stack is already running from {settings.state_dir}/stack.json "
+              "(see `slotledger status`)", file=sys.stderr)
+        return 1
+    stack = LocalStack(settings)
+    try:
+        settings = stack.start()
+    except MissingToolError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+    async def ready(runtime: Runtime) -> None:
+        info = describe(settings, runtime.http_url)
+        if args.demo:
+            from services.demo import seed_demo
+
+            info["demo"] = await seed_demo(runtime)
+        write_stack_file(settings, info)
+        print(json.dumps(info, indent=2), flush=True)
+        print(f"slotledger is up: {runtime.http_url}/readyz (Ctrl-C stops everything)", flush=True)
+
+    try:
+        asyncio.run(_serve(settings, COMPONENTS, ready))
+    finally:
+        stack.stop()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = Settings()
+    if not settings.database_url:
+        print("slotledger serve: set SLOTLEDGER_DATABASE_URL (or use `slotledger up`)", file=sys.stderr)
+        return 1
+    components = tuple(c.strip() for c in args.only.split(",")) if args.only else COMPONENTS
+    unknown = set(components) - set(COMPONENTS)
+    if unknown:
+        print(f"slotledger serve: unknown component(s) {sorted(unknown)}; choose from {COMPONENTS}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(settings, components))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    info = running_stack(Settings())
+    if info is None:
+        print("slotledger: no stack is running from this checkout (start one with `make run`)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key in ("http_url", "database_url", "kafka_bootstrap"):
+            print(f"{key}: {info[key]}")
+        for name, topic in info["topics"].items():
+            print(f"topic {name}: {topic}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from services.store.migrate import migrate
+
+    settings = _require_database()
+
+    async def run() -> list[str]:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return await migrate(conn, settings.database_schema)
+        finally:
+            await conn.close()
+
+    applied = asyncio.run(run())
+    print("applied: " + (", ".join(applied) if applied else "nothing, already up to date"))
+    return 0
+
+
+def _require_database() -> Settings:
+    settings = settings_for_cli()
+    if not settings.database_url:
+        raise SystemExit("slotledger: no database: set SLOTLEDGER_DATABASE_URL or start `slotledger up` here")
+    return settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slotledger", description="Event-sourced appointment booking engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run everything on local PostgreSQL and Kafka (the embedded default)")
+    up.add_argument("--demo", action="store_true", help="seed a demo clinic and print an API key")
+    up.set_defaults(func=cmd_up)
+    serve = sub.add_parser("serve", help="run against existing servers (production)")
+    serve.add_argument("--only", help=f"comma-separated subset of {','.join(COMPONENTS)}")
+    serve.set_defaults(func=cmd_serve)
+    status = sub.add_parser("status", help="the running local stack's endpoints")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure(Settings().log_level)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""A real single-node Apache Kafka broker (KRaft) from Maven Central jars.
+
+The release tarball cannot be fetched here, but the broker is published as Maven
+artifacts: Maven copies them into a cache once, later starts need no network.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.local.ports import free_port, port_open, wait_for
+
+KAFKA_VERSION = "4.1.1"
+LOG4J_VERSION = "2.24.3"
+
+_POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>slotledger</groupId><artifactId>kafka-local</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>{KAFKA_VERSION}</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>1.7.36</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>{LOG4J_VERSION}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>{LOG4J_VERSION}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-api</artifactId><version>{LOG4J_VERSION}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+# Everything to stderr, so StorageTool's stdout carries only what it prints.
+_LOG4J2 = """status = error
+appender.console.type = Console
+appender.console.name = STDERR
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.console.ref = STDERR
+logger.kafka.name = kafka
+logger.kafka.level = warn
+logger.org.name = org.apache
+logger.org.level = warn
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = info
+"""
+
+MISSING_TOOLS = (
+    "slotledger: a local Kafka broker needs Java 17+ and Maven ({missing} not found). "
+    "Install them, or set SLOTLEDGER_KAFKA_BOOTSTRAP (and SLOTLEDGER_DATABASE_URL) to existing servers, "
+    "or run `docker compose -f deploy/compose.yaml up`."
+)
+
+
+class MissingToolError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "slotledger" / f"kafka-{KAFKA_VERSION}"
+
+
+def ensure_jars() -> Path:
+    """Fetch the broker's jars into the cache once; return the lib folder."""
+    missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
+    lib = cache_dir() / "lib"
+    done = cache_dir() / ".complete"
+    if done.exists():
+        if "java" in missing:
+            raise MissingToolError(MISSING_TOOLS.format(missing="java"))
+        return lib
+    if missing:
+        raise MissingToolError(MISSING_TOOLS.format(missing=" and ".join(missing)))
+    work = cache_dir()
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pom.xml").write_text(_POM)
+    staging = work / "lib.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    result = subprocess.run(
+        ["mvn", "-B", "-q", "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies",
+         f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
+        cwd=work, capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"fetching Kafka {KAFKA_VERSION} jars with Maven failed:\n{result.stdout}{result.stderr}")
+    shutil.rmtree(lib, ignore_errors=True)
+    staging.rename(lib)
+    done.touch()
+    return lib
+
+
+@dataclass
+class LocalKafka:
+    data_dir: Path
+    port: int = 0
+    process: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90.0) -> "LocalKafka":
+        lib = ensure_jars()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_leftover()
+        self.port = self.port or free_port()
+        controller_port = free_port()
+        log_dirs = self.data_dir / "logs"
+        properties = self.data_dir / "server.properties"
+        properties.write_text("\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "inter.broker.listener.name=PLAINTEXT",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={log_dirs}",
+            "num.partitions=4",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=4",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=true",
+            "",
+        ]))
+        log4j = self.data_dir / "log4j2.properties"
+        log4j.write_text(_LOG4J2)
+        java = ["java", "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{lib}/*"]
+        # The quorum voters (and so the ports) are in the formatted metadata: format afresh each start.
+        shutil.rmtree(log_dirs, ignore_errors=True)
+        cluster_id = subprocess.run([*java, "kafka.tools.StorageTool", "random-uuid"],
+                                    check=True, capture_output=True, text=True).stdout.strip()
+        subprocess.run([*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties),
+                        "--ignore-formatted"], check=True, capture_output=True, text=True)
+        log_path = self.data_dir / "broker.log"
+        log = open(log_path, "wb")
+        self.process = subprocess.Popen([*java, "kafka.Kafka", str(properties)], stdout=log, stderr=log,
+                                        start_new_session=True)
+        (self.data_dir / "broker.pid").write_text(str(self.process.pid))
+        wait_for(lambda: port_open(self.port) and b"Kafka Server started" in log_path.read_bytes(),
+                 timeout, what=f"Kafka broker on {self.bootstrap}", process=self.process, log=log_path)
+        return self
+
+    def _stop_leftover(self) -> None:
+        pid_file = self.data_dir / "broker.pid"
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except (ValueError, ProcessLookupError, PermissionError):
+                pass
+            pid_file.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        (self.data_dir / "broker.pid").unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -1,0 +1,87 @@
+"""The one place that wires the service together: pool, event store, handler, projectors, gateway."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import asyncpg
+from aiohttp import web
+from aiokafka.admin import AIOKafkaAdminClient
+
+from services.logs import log
+from services.settings import Settings
+from services.store.eventstore import EventStore, LogWaker, create_pool
+from services.store.migrate import migrate
+
+COMPONENTS = ("gateway", "projectors", "ingestor", "relay")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    components: tuple[str, ...] = COMPONENTS
+    pool: asyncpg.Pool | None = None
+    store: EventStore | None = None
+    waker: LogWaker | None = None
+    kafka_admin: AIOKafkaAdminClient | None = None
+    http_url: str | None = None
+    _runner: web.AppRunner | None = None
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def start(self) -> None:
+        s = self.settings
+        conn = await asyncpg.connect(s.database_url)
+        try:
+            applied = await migrate(conn, s.database_schema)
+        finally:
+            await conn.close()
+        if applied:
+            log.info("migrated", applied=applied)
+        self.pool = await create_pool(s.database_url, s.database_schema, s.pool_min_size, s.pool_max_size)
+        self.store = EventStore(self.pool, s.database_schema)
+        self.waker = LogWaker(self.store, s.database_url)
+        await self.waker.start()
+        if s.kafka_bootstrap:
+            self.kafka_admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=5000)
+            await self.kafka_admin.start()
+        if "gateway" in self.components:
+            from services.gateway.app import build_app
+
+            self._runner = web.AppRunner(build_app(self), access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, s.http_host, s.http_port)
+            await site.start()
+            port = self._runner.addresses[0][1]
+            self.http_url = f"http://{s.http_host}:{port}"
+            log.info("gateway listening", url=self.http_url)
+
+    async def readiness(self) -> dict:
+        checks: dict[str, dict] = {}
+        try:
+            async with self.pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1")
+            checks["postgres"] = {"ok": True}
+        except Exception as exc:  # readiness reports, never raises
+            checks["postgres"] = {"ok": False, "error": str(exc)}
+        if self.kafka_admin is None:
+            checks["kafka"] = {"ok": False, "error": "no Kafka bootstrap configured"}
+        else:
+            try:
+                cluster = await asyncio.wait_for(self.kafka_admin.describe_cluster(), 3)
+                checks["kafka"] = {"ok": True, "brokers": len(cluster.get("brokers", []))}
+            except Exception as exc:
+                checks["kafka"] = {"ok": False, "error": str(exc) or type(exc).__name__}
+        return checks
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.kafka_admin is not None:
+            await self.kafka_admin.close()
+        if self.waker is not None:
+            await self.waker.stop()
+        if self.pool is not None:
+            await self.pool.close()

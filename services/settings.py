@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob is an environment variable SLOTLEDGER_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="SLOTLEDGER_", extra="ignore")
+
+    database_url: str | None = None  # unset: `up` starts the embedded PostgreSQL
+    database_schema: str = "public"
+    kafka_bootstrap: str | None = None  # unset: `up` starts a local broker
+    topic_prefix: str = "slotledger"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    state_dir: Path = Path(".slotledger")  # local stack data and its endpoints file
+    log_level: str = "info"
+    pool_min_size: int = 2
+    pool_max_size: int = 20
+    command_retries: int = 8
+    read_wait_seconds: float = 5.0  # bound on min_position waits
+    poll_interval_seconds: float = 1.0  # projector fallback when no NOTIFY arrives
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}.{name}"

@@ -1,0 +1,257 @@
+"""The asyncpg event store: multi-stream appends with expected versions, and a gap-safe log reader."""
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple, Sequence
+
+import asyncpg
+
+
+class ConcurrencyError(Exception):
+    """A stream was not at the version the writer expected; nothing was appended."""
+
+    def __init__(self, stream_id: str, expected: int):
+        super().__init__(f"stream {stream_id} is not at version {expected}")
+        self.stream_id = stream_id
+        self.expected = expected
+
+
+class LogPosition(NamedTuple):
+    """A consumer's place in the log: log order is (transaction_id, global_position)."""
+
+    transaction_id: int
+    global_position: int
+
+
+START = LogPosition(0, 0)
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    type: str
+    data: dict[str, Any]
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    schema_version: int = 1
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Append:
+    stream_id: str
+    expected_version: int  # 0: the stream must not exist yet
+    events: Sequence[NewEvent]
+    org_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    position: int
+    transaction_id: int
+    event_id: uuid.UUID
+    stream_id: str
+    stream_version: int
+    type: str
+    schema_version: int
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    org_id: uuid.UUID | None
+    recorded_at: datetime
+
+    @property
+    def log_position(self) -> LogPosition:
+        return LogPosition(self.transaction_id, self.position)
+
+
+_COLUMNS = ("global_position, transaction_id::text::bigint AS transaction_id, event_id, stream_id, stream_version,"
+            " event_type, schema_version, data, metadata, org_id, recorded_at")
+
+_INSERT = """
+INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata, org_id)
+SELECT e.event_id, $1, ($2::int + e.ord)::int, e.event_type, e.schema_version, e.data, e.metadata, $4
+FROM unnest($5::uuid[], $6::text[], $7::smallint[], $8::jsonb[], $9::jsonb[])
+     WITH ORDINALITY AS e(event_id, event_type, schema_version, data, metadata, ord)
+WHERE EXISTS (SELECT 1 FROM claim)
+ORDER BY e.ord
+RETURNING global_position, transaction_id::text::bigint AS transaction_id, stream_version, recorded_at
+"""
+# One round trip per stream: the compare-and-set on `streams` and the insert in one statement.
+_APPEND_NEW = ("WITH claim AS (INSERT INTO streams (stream_id, version, org_id) SELECT $1, $3, $4 WHERE $2 = 0"
+               " ON CONFLICT DO NOTHING RETURNING 1)" + _INSERT)
+_APPEND_EXISTING = ("WITH claim AS (UPDATE streams SET version = $3 WHERE stream_id = $1 AND version = $2"
+                    " RETURNING 1)" + _INSERT)
+
+_READ_LOG = f"""
+SELECT {_COLUMNS} FROM events
+WHERE (transaction_id, global_position) > ($1::text::xid8, $2::bigint)
+  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY transaction_id, global_position
+LIMIT $3
+"""
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(url: str, schema: str = "public", min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, init=init_connection,
+        server_settings={"search_path": schema, "application_name": "slotledger"},
+    )
+
+
+def _row_to_event(row: asyncpg.Record) -> StoredEvent:
+    return StoredEvent(
+        position=row["global_position"], transaction_id=row["transaction_id"], event_id=row["event_id"],
+        stream_id=row["stream_id"], stream_version=row["stream_version"], type=row["event_type"],
+        schema_version=row["schema_version"], data=row["data"], metadata=row["metadata"], org_id=row["org_id"],
+        recorded_at=row["recorded_at"],
+    )
+
+
+class EventStore:
+    def __init__(self, pool: asyncpg.Pool, schema: str = "public"):
+        self.pool = pool
+        self.schema = schema
+
+    async def append(self, appends: Sequence[Append], conn: asyncpg.Connection | None = None) -> list[StoredEvent]:
+        """Append to every stream or to none. Pass `conn` to join the caller's transaction."""
+        if conn is None:
+            async with self.pool.acquire() as own, own.transaction():
+                return await self.append(appends, own)
+        stored: list[StoredEvent] = []
+        for append in appends:
+            stored.extend(await self._append_one(conn, append))
+        return stored
+
+    async def _append_one(self, conn: asyncpg.Connection, append: Append) -> list[StoredEvent]:
+        events = list(append.events)
+        if not events:
+            return []
+        sql = _APPEND_NEW if append.expected_version == 0 else _APPEND_EXISTING
+        rows = await conn.fetch(
+            sql, append.stream_id, append.expected_version, append.expected_version + len(events), append.org_id,
+            [e.event_id for e in events], [e.type for e in events], [e.schema_version for e in events],
+            [e.data for e in events], [e.metadata for e in events],
+        )
+        if not rows:
+            replayed = await self._already_appended(conn, append.stream_id, events)
+            if replayed is None:
+                raise ConcurrencyError(append.stream_id, append.expected_version)
+            return replayed
+        return [
+            StoredEvent(position=row["global_position"], transaction_id=row["transaction_id"], event_id=e.event_id,
+                        stream_id=append.stream_id, stream_version=row["stream_version"], type=e.type,
+                        schema_version=e.schema_version, data=e.data, metadata=e.metadata, org_id=append.org_id,
+                        recorded_at=row["recorded_at"])
+            for row, e in zip(rows, events)
+        ]
+
+    async def _already_appended(self, conn, stream_id: str, events: list[NewEvent]) -> list[StoredEvent] | None:
+        """A retried append of the very same events (same ids, same stream) is a no-op."""
+        rows = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE event_id = ANY($1::uuid[]) ORDER BY global_position",
+            [e.event_id for e in events])
+        if len(rows) == len(events) and all(row["stream_id"] == stream_id for row in rows):
+            return [_row_to_event(row) for row in rows]
+        return None
+
+    async def read_stream(self, stream_id: str, after_version: int = 0,
+                          conn: asyncpg.Connection | None = None) -> list[StoredEvent]:
+        sql = (f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version > $2"
+               " ORDER BY stream_version")
+        if conn is None:
+            async with self.pool.acquire() as conn:
+                rows = await conn.fetch(sql, stream_id, after_version)
+        else:
+            rows = await conn.fetch(sql, stream_id, after_version)
+        return [_row_to_event(row) for row in rows]
+
+    async def stream_version(self, stream_id: str) -> int:
+        async with self.pool.acquire() as conn:
+            return await conn.fetchval("SELECT version FROM streams WHERE stream_id = $1", stream_id) or 0
+
+    async def read_log(self, after: LogPosition, limit: int = 1000,
+                       conn: asyncpg.Connection | None = None) -> list[StoredEvent]:
+        """Events after `after`, in log order, only those no running transaction can still precede."""
+        if conn is None:
+            async with self.pool.acquire() as conn:
+                rows = await conn.fetch(_READ_LOG, str(after.transaction_id), after.global_position, limit)
+        else:
+            rows = await conn.fetch(_READ_LOG, str(after.transaction_id), after.global_position, limit)
+        return [_row_to_event(row) for row in rows]
+
+    async def position_of(self, global_position: int) -> LogPosition | None:
+        """The log position of the event a client was given `global_position` for."""
+        async with self.pool.acquire() as conn:
+            tx = await conn.fetchval(
+                "SELECT transaction_id::text::bigint FROM events WHERE global_position = $1", global_position)
+        return None if tx is None else LogPosition(tx, global_position)
+
+    async def head(self) -> int:
+        async with self.pool.acquire() as conn:
+            return await conn.fetchval("SELECT coalesce(max(global_position), 0) FROM events")
+
+    @property
+    def channel(self) -> str:
+        return f"{self.schema}_events"
+
+
+async def load_checkpoint(conn: asyncpg.Connection, name: str) -> LogPosition:
+    row = await conn.fetchrow(
+        "SELECT transaction_id::text::bigint AS tx, global_position FROM checkpoints WHERE name = $1", name)
+    return START if row is None else LogPosition(row["tx"], row["global_position"])
+
+
+async def save_checkpoint(conn: asyncpg.Connection, name: str, position: LogPosition) -> None:
+    """Call inside the consumer's transaction, so its writes and its place in the log commit together."""
+    await conn.execute(
+        "INSERT INTO checkpoints (name, transaction_id, global_position) VALUES ($1, $2::text::xid8, $3)"
+        " ON CONFLICT (name) DO UPDATE SET transaction_id = EXCLUDED.transaction_id,"
+        " global_position = EXCLUDED.global_position, updated_at = now()",
+        name, str(position.transaction_id), position.global_position)
+
+
+class LogWaker:
+    """Wakes log readers on NOTIFY from the events trigger; readers also poll, in case a notice is lost."""
+
+    def __init__(self, store: EventStore, url: str):
+        self.store = store
+        self.url = url
+        self._subscribers: set[asyncio.Event] = set()
+        self._conn: asyncpg.Connection | None = None
+
+    async def start(self) -> None:
+        self._conn = await asyncpg.connect(self.url)
+        await self._conn.add_listener(self.store.channel, self._on_notify)
+
+    def subscribe(self) -> asyncio.Event:
+        """Each reader gets its own flag, so one reader's wake-up never hides another's."""
+        flag = asyncio.Event()
+        self._subscribers.add(flag)
+        return flag
+
+    def _on_notify(self, *_: object) -> None:
+        self.poke()
+
+    def poke(self) -> None:
+        for flag in self._subscribers:
+            flag.set()
+
+    async def stop(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+
+async def wait_flag(flag: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(flag.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass
+    flag.clear()
