@@ -110,6 +110,80 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_runtime(work):
+    """Run `work(runtime)` against the configured (or locally running) database, without serving."""
+    settings = _require_database()
+
+    async def run():
+        runtime = Runtime(settings, components=())
+        await runtime.start()
+        try:
+            return await work(runtime)
+        finally:
+            await runtime.stop()
+
+    return asyncio.run(run())
+
+
+def cmd_org_create(args: argparse.Namespace) -> int:
+    from domain.errors import DomainError
+
+    async def work(runtime: Runtime):
+        return await runtime.handler.create_org(args.name, args.timezone)
+
+    try:
+        catalog = _with_runtime(work)
+    except DomainError as exc:
+        print(f"slotledger: {exc.message}", file=sys.stderr)
+        return 2
+    info = {"org_id": catalog.org_id, "name": catalog.name, "timezone": catalog.settings.timezone}
+    print(json.dumps(info) if args.json else f"created org {info['org_id']} ({info['name']}, {info['timezone']})")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from services.keys import create_key, parse_scopes
+
+    try:
+        scopes = parse_scopes(args.scopes)
+    except ValueError as exc:
+        print(f"slotledger: {exc}", file=sys.stderr)
+        return 2
+
+    async def work(runtime: Runtime):
+        async with runtime.pool.acquire() as conn:
+            return await create_key(conn, args.org, scopes, args.name)
+
+    try:
+        key = _with_runtime(work)
+    except (LookupError, ValueError) as exc:
+        print(f"slotledger: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"org_id": args.org, "api_key": key, "scopes": scopes}))
+    else:
+        print(f"{key}\n(scopes: {', '.join(scopes)}; shown once: only its hash is stored)")
+    return 0
+
+
+def cmd_projections_rebuild(args: argparse.Namespace) -> int:
+    from services.projector import all_projectors, rebuild
+
+    known = [p.name for p in all_projectors()]
+    if args.name and args.name not in known:
+        print(f"slotledger: unknown projection {args.name!r}; choose from {', '.join(known)}", file=sys.stderr)
+        return 2
+
+    async def work(runtime: Runtime):
+        return await rebuild(runtime.pool, runtime.store, [args.name] if args.name else None)
+
+    report = _with_runtime(work)
+    for name, result in report.items():
+        rows = ", ".join(f"{table}: {count}" for table, count in result["rows"].items())
+        print(f"rebuilt {name}: {result['events']} events replayed; rows {rows}")
+    return 0
+
+
 def _require_database() -> Settings:
     settings = settings_for_cli()
     if not settings.database_url:
@@ -130,6 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    org = sub.add_parser("org", help="organizations").add_subparsers(dest="action", required=True)
+    org_create = org.add_parser("create", help="create an organization")
+    org_create.add_argument("--name", required=True)
+    org_create.add_argument("--timezone", required=True, help="IANA timezone, e.g. Asia/Kolkata")
+    org_create.add_argument("--json", action="store_true")
+    org_create.set_defaults(func=cmd_org_create)
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
+    keys_create = keys.add_parser("create", help="create an API key (printed once; stored hashed)")
+    keys_create.add_argument("--org", required=True)
+    keys_create.add_argument("--scopes", required=True, help="comma-separated scopes, or 'all'")
+    keys_create.add_argument("--name")
+    keys_create.add_argument("--json", action="store_true")
+    keys_create.set_defaults(func=cmd_keys_create)
+    projections = sub.add_parser("projections", help="read models").add_subparsers(dest="action", required=True)
+    rebuild = projections.add_parser("rebuild", help="replay the log into read models")
+    rebuild.add_argument("name", nargs="?", help="one projection (default: all)")
+    rebuild.set_defaults(func=cmd_projections_rebuild)
     return parser
 
 

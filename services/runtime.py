@@ -8,7 +8,10 @@ import asyncpg
 from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient
 
+from services.handler import CommandHandler
+from services.keys import KeyRing
 from services.logs import log
+from services.projector import ProjectorRunner, wait_for_position
 from services.settings import Settings
 from services.store.eventstore import EventStore, LogWaker, create_pool
 from services.store.migrate import migrate
@@ -23,6 +26,9 @@ class Runtime:
     pool: asyncpg.Pool | None = None
     store: EventStore | None = None
     waker: LogWaker | None = None
+    handler: CommandHandler | None = None
+    keys: KeyRing | None = None
+    projectors: ProjectorRunner | None = None
     kafka_admin: AIOKafkaAdminClient | None = None
     http_url: str | None = None
     _runner: web.AppRunner | None = None
@@ -41,7 +47,12 @@ class Runtime:
         self.store = EventStore(self.pool, s.database_schema)
         self.waker = LogWaker(self.store, s.database_url)
         await self.waker.start()
-        if s.kafka_bootstrap:
+        self.handler = CommandHandler(self.pool, self.store, retries=s.command_retries)
+        self.keys = KeyRing(self.pool)
+        self.projectors = ProjectorRunner(self.pool, self.store, self.waker, s.poll_interval_seconds)
+        if "projectors" in self.components:
+            self._tasks.extend(self.projectors.tasks())
+        if s.kafka_bootstrap and "gateway" in self.components:  # readiness reports on the broker
             self.kafka_admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=5000)
             await self.kafka_admin.start()
         if "gateway" in self.components:
@@ -72,6 +83,10 @@ class Runtime:
             except Exception as exc:
                 checks["kafka"] = {"ok": False, "error": str(exc) or type(exc).__name__}
         return checks
+
+    async def wait_for_projection(self, name: str, position: int) -> bool:
+        """Read-your-writes: wait, bounded, until projection `name` has applied `position`."""
+        return await wait_for_position(self.pool, self.store, name, position, self.settings.read_wait_seconds)
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -1,10 +1,179 @@
+"""The HTTP gateway. One route table drives routing, the scope check and the OpenAPI document."""
 from __future__ import annotations
 
-from aiohttp import web
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from pydantic import BaseModel, ValidationError
+
+from domain.errors import DomainError
+from services.gateway import handlers as h
+from services.logs import log
 from services.runtime import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)
+REQUEST_ID = h.REQUEST_ID
+
+REQUESTS = Counter("slotledger_http_requests_total", "HTTP requests", ["route", "status"])
+LATENCY = Histogram("slotledger_http_request_seconds", "HTTP request latency", ["route"])
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    scopes: tuple[str, ...]  # any one of them suffices; empty: public
+    handler: Callable[..., Awaitable[Any]]
+    summary: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: Any = None
+
+
+def error_response(status: int, code: str, message: str, details: dict | None = None,
+                   extra: dict | None = None) -> web.Response:
+    body = {"success": False, **(extra or {}), "error": {"code": code, "message": message, "details": details or {}}}
+    return web.json_response(body, status=status)
+
+
+def validation_details(exc: ValidationError) -> dict[str, str]:
+    details: dict[str, str] = {}
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        if err["type"] == "missing":
+            details[field] = "is required"
+        elif err["type"] == "extra_forbidden":
+            details[field] = "is not a known field"
+        else:
+            details[field] = err["msg"]
+    return details
+
+
+ROUTES: list[Route] = [
+    Route("GET", "/v1/appointment-config", ("appointments:read",), h.get_config, "Org booking settings",
+          response=h.ConfigOut),
+    Route("PATCH", "/v1/appointment-config", ("settings:write",), h.patch_config, "Change org booking settings",
+          body=h.SettingsPatch, response=h.ConfigOut),
+    Route("GET", "/v1/services", ("appointments:read",), h.list_services, "List services",
+          response=list[h.ServiceOut]),
+    Route("POST", "/v1/services", ("settings:write",), h.create_service, "Add a service", body=h.CreateService,
+          response=h.ServiceOut),
+    Route("GET", "/v1/branches", ("appointments:read",), h.list_branches, "List branches",
+          response=list[h.BranchOut]),
+    Route("POST", "/v1/branches", ("settings:write",), h.create_branch, "Add a branch", body=h.CreateBranch,
+          response=h.BranchOut),
+    Route("GET", "/v1/appointment-slots/availability", ("slots:read", "appointments:read"), h.availability,
+          "Availability per window-day on one date", query=h.AvailabilityQuery),
+    Route("GET", "/v1/appointment-slots", ("slots:read",), h.list_windows, "List calendar windows",
+          query=h.WindowsQuery, response=list[h.WindowOut]),
+    Route("POST", "/v1/appointment-slots", ("slots:write",), h.create_window, "Create a calendar window",
+          body=h.CreateWindow, response=h.WindowOut),
+    Route("PATCH", "/v1/appointment-slots/{window_id}", ("slots:write",), h.update_window,
+          "Change a calendar window", body=h.UpdateWindow, response=h.WindowOut),
+    Route("POST", "/v1/appointment-slots/{window_id}/disable", ("slots:write",), h.disable_window,
+          "Disable a calendar window for all future dates", response=h.WindowOut),
+    Route("GET", "/v1/schedule-tracking", ("slots:read",), h.schedule_tracking,
+          "One record per window per date", query=h.TrackingQuery, response=list[h.TrackingRecord]),
+    Route("PATCH", "/v1/schedule-tracking/{window_id}/{date}", ("slots:write",), h.update_window_day,
+          "Close/reopen one date or override its capacity", body=h.UpdateWindowDay, response=h.TrackingRecord),
+    Route("POST", "/v1/schedule-tracking/regenerate", ("slots:write",), h.regenerate,
+          "Rebuild tracking for a date range from the log", body=h.Regenerate),
+    Route("POST", "/v1/appointments", ("appointments:write",), h.create_appointment, "Book an appointment",
+          body=h.CreateAppointment, response=h.Appointment),
+    Route("GET", "/v1/appointments", ("appointments:read",), h.search_appointments, "Search appointments",
+          query=h.SearchQuery, response=list[h.Appointment]),
+    Route("GET", "/v1/appointments/{appointment_id}", ("appointments:read",), h.get_appointment,
+          "One appointment (cancelled ones too)", query=h.ReadQuery, response=h.Appointment),
+    Route("PATCH", "/v1/appointments/{appointment_id}", ("appointments:write",), h.update_appointment,
+          "Update, reschedule, cancel or complete an appointment", body=h.UpdateAppointment,
+          response=h.Appointment),
+    Route("GET", "/v1/appointments/{appointment_id}/history", ("appointments:read",), h.appointment_history,
+          "The appointment's events, oldest first"),
+]
+
+
+def _endpoint(route: Route):
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        runtime = request.app[RUNTIME]
+        started = time.perf_counter()
+        status = 500
+        try:
+            principal = await _authorise(request, runtime, route)
+            args: dict[str, Any] = {}
+            if route.query is not None:
+                query = {k: v for k, v in request.query.items()}
+                if "X-Min-Position" in request.headers and "min_position" in route.query.model_fields:
+                    query.setdefault("min_position", request.headers["X-Min-Position"])
+                args["query"] = route.query.model_validate(query)
+            if route.body is not None:
+                args["body"] = route.body.model_validate(await _json_body(request))
+            response = await route.handler(request, runtime, principal, **args)
+            status = response.status
+            return response
+        except ValidationError as exc:
+            status = 400
+            return error_response(400, "VALIDATION_ERROR", "Invalid request data", validation_details(exc))
+        except DomainError as exc:
+            status = exc.status
+            return error_response(exc.status, exc.code, exc.message, exc.details, exc.extra)
+        finally:
+            REQUESTS.labels(route.path, str(status)).inc()
+            LATENCY.labels(route.path).observe(time.perf_counter() - started)
+
+    return endpoint
+
+
+async def _authorise(request: web.Request, runtime: Runtime, route: Route):
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer ") or not header[7:].strip():
+        raise DomainError("UNAUTHORIZED", "Invalid or missing API key")
+    principal = await runtime.keys.verify(header[7:].strip())
+    if principal is None:
+        raise DomainError("UNAUTHORIZED", "Invalid or missing API key")
+    if not principal.scopes.intersection(route.scopes):
+        raise DomainError("INSUFFICIENT_SCOPE", f"this API key lacks the scope {' or '.join(route.scopes)}",
+                          {"required": list(route.scopes)})
+    structlog.contextvars.bind_contextvars(org_id=principal.org_id, key_id=principal.key_id)
+    return principal
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        raise DomainError("VALIDATION_ERROR", "a JSON body is required", {"body": "is required"})
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise DomainError("VALIDATION_ERROR", "the body is not valid JSON", {"body": "is not valid JSON"}) from None
+    if not isinstance(body, dict):
+        raise DomainError("VALIDATION_ERROR", "the body must be a JSON object", {"body": "must be an object"})
+    return body
+
+
+@web.middleware
+async def request_context(request: web.Request, handler) -> web.StreamResponse:
+    request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id, method=request.method, path=request.path)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # aiohttp's own 404/405/413…: same error shape
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 401: "UNAUTHORIZED"}.get(exc.status, "HTTP_ERROR")
+        response = error_response(exc.status, code, exc.reason or "error",
+                                  {"path": request.path} if exc.status == 404 else {})
+    except Exception:  # never a bare 500 page
+        log.exception("unhandled error")
+        response = error_response(500, "INTERNAL_ERROR", "an unexpected error occurred; it has been logged",
+                                  {"request_id": request_id})
+    response.headers["X-Request-ID"] = request_id
+    return response
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -13,14 +182,28 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     checks = await request.app[RUNTIME].readiness()
-    ready = all(check["ok"] for check in checks.values())
+    ready = all(check["ok"] for check in checks.values() if check.get("required", True))
     return web.json_response({"status": "ready" if ready else "not_ready", "checks": checks},
                              status=200 if ready else 503)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    from services.gateway.openapi import document
+
+    return web.json_response(document(ROUTES))
+
+
 def build_app(runtime: Runtime) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[request_context], client_max_size=1024 * 1024)
     app[RUNTIME] = runtime
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, _endpoint(route))
     return app

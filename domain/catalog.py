@@ -1,0 +1,225 @@
+"""An org's configuration: settings, services, branches and calendar windows, folded from their events."""
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time
+from typing import Any
+
+from domain import events as ev
+from domain.errors import DomainError, not_found, validation
+from domain.timerules import WEEKDAYS, parse_hhmm, zone
+
+SESSIONS = ("Morning", "Afternoon", "Evening")
+
+
+@dataclass(frozen=True)
+class OrgSettings:
+    enabled: bool = True
+    timezone: str = "UTC"
+    buffer_time_minutes: int = 15
+    max_advance_booking_days: int = 30
+    min_notice_hours: float = 2
+    allow_reschedule: bool = True
+    allow_cancellation: bool = True
+    cancellation_notice_hours: float = 24
+    prevent_duplicate_bookings: bool = True
+    token_numbering: bool = False
+    require_cancellation_reason: bool = False
+    require_diagnosis_on_complete: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SETTING_NAMES = tuple(f.name for f in dataclasses.fields(OrgSettings))
+
+
+@dataclass(frozen=True)
+class Service:
+    service_id: str
+    name: str
+    duration_minutes: int
+
+
+@dataclass(frozen=True)
+class Branch:
+    branch_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Window:
+    window_id: str
+    branch_id: str
+    day_of_week: str
+    session: str
+    start_time: str  # HH:MM, wall clock in the org's timezone
+    end_time: str
+    max_slots: int
+    service_id: str | None = None
+    batch: str | None = None
+    status: str = "OPEN"  # the default for every date; one date can differ (schedule tracking)
+    enabled: bool = True  # disabled: closed for all future dates
+
+    def covers(self, wall: time) -> bool:
+        return parse_hhmm(self.start_time, "start_time") <= wall < parse_hhmm(self.end_time, "end_time")
+
+    def occurs_on(self, day: date) -> bool:
+        return WEEKDAYS[day.weekday()] == self.day_of_week
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Catalog:
+    org_id: str
+    name: str = ""
+    settings: OrgSettings = field(default_factory=OrgSettings)
+    services: dict[str, Service] = field(default_factory=dict)
+    branches: dict[str, Branch] = field(default_factory=dict)
+    windows: dict[str, Window] = field(default_factory=dict)
+    exists: bool = False
+
+    # -- folding events ------------------------------------------------------------------------------
+    def apply(self, event: ev.Event) -> None:
+        match event:
+            case ev.OrgCreated():
+                self.exists = True
+                self.name = event.name
+                self.settings = OrgSettings(**event.settings)
+            case ev.OrgSettingsChanged():
+                self.settings = replace(self.settings, **event.changes)
+            case ev.ServiceAdded():
+                self.services[event.service_id] = Service(event.service_id, event.name, event.duration_minutes)
+            case ev.BranchAdded():
+                self.branches[event.branch_id] = Branch(event.branch_id, event.name)
+            case ev.WindowCreated():
+                self.windows[event.window["window_id"]] = Window(**event.window)
+            case ev.WindowChanged():
+                self.windows[event.window_id] = replace(self.windows[event.window_id], **event.changes)
+            case ev.WindowDisabled():
+                self.windows[event.window_id] = replace(self.windows[event.window_id], enabled=False)
+
+    # -- lookups -------------------------------------------------------------------------------------
+    def resolve_service(self, value: str) -> Service:
+        """A service UUID or its name, case-insensitively (rule 3)."""
+        if value in self.services:
+            return self.services[value]
+        wanted = value.strip().casefold()
+        for service in self.services.values():
+            if service.name.casefold() == wanted or service.service_id.casefold() == wanted:
+                return service
+        raise DomainError("INVALID_APPOINTMENT_TYPE", f"appointment_type '{value}' does not match any configured "
+                          "service", {"appointment_type": value, "available": sorted(
+                              s.name for s in self.services.values())})
+
+    def resolve_branch(self, branch_id: str | None) -> Branch:
+        """The given branch, or the only one (rule 4)."""
+        if branch_id is None:
+            if len(self.branches) == 1:
+                return next(iter(self.branches.values()))
+            raise validation("branch_id", "is required when the organization has more than one branch"
+                             if self.branches else "is required: the organization has no branch yet")
+        if branch_id not in self.branches:
+            raise not_found("branch", branch_id)
+        return self.branches[branch_id]
+
+    def window(self, window_id: str) -> Window:
+        if window_id not in self.windows:
+            raise not_found("calendar window", window_id)
+        return self.windows[window_id]
+
+    def windows_at(self, branch_id: str, local_moment: datetime, service_id: str | None,
+                   session: str | None) -> list[Window]:
+        """Windows of the branch covering this local wall-clock moment, in a stable order (rule 7)."""
+        weekday = WEEKDAYS[local_moment.weekday()]
+        wall = local_moment.time().replace(tzinfo=None)
+        found = [
+            w for w in self.windows.values()
+            if w.branch_id == branch_id and w.day_of_week == weekday and w.covers(wall)
+            and (w.service_id is None or service_id is None or w.service_id == service_id)
+            and (session is None or w.session.casefold() == session.casefold())
+        ]
+        return sorted(found, key=lambda w: (w.start_time, w.window_id))
+
+
+# -- decisions on configuration ------------------------------------------------------------------------
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def create_org(org_id: str, name: str, timezone: str) -> list[ev.Event]:
+    if not name.strip():
+        raise validation("name", "must not be empty")
+    zone(timezone)
+    return [ev.OrgCreated(org_id=org_id, name=name.strip(),
+                          settings=OrgSettings(timezone=timezone).as_dict())]
+
+
+def change_settings(catalog: Catalog, changes: dict[str, Any]) -> list[ev.Event]:
+    unknown = set(changes) - set(SETTING_NAMES)
+    if unknown:
+        raise DomainError("VALIDATION_ERROR", "unknown settings", {name: "unknown field" for name in sorted(unknown)})
+    if "timezone" in changes:
+        zone(changes["timezone"])
+    for name in ("buffer_time_minutes", "max_advance_booking_days", "min_notice_hours",
+                 "cancellation_notice_hours"):
+        if name in changes and changes[name] < 0:
+            raise validation(name, "must not be negative")
+    effective = {k: v for k, v in changes.items() if getattr(catalog.settings, k) != v}
+    return [ev.OrgSettingsChanged(changes=effective)] if effective else []
+
+
+def add_service(catalog: Catalog, service_id: str, name: str, duration_minutes: int) -> list[ev.Event]:
+    if not name.strip():
+        raise validation("name", "must not be empty")
+    if any(s.name.casefold() == name.strip().casefold() for s in catalog.services.values()):
+        raise DomainError("CONFLICT", f"a service named '{name}' already exists", {"name": "already exists"})
+    if duration_minutes <= 0:
+        raise validation("duration_minutes", "must be positive")
+    return [ev.ServiceAdded(service_id=service_id, name=name.strip(), duration_minutes=duration_minutes)]
+
+
+def add_branch(catalog: Catalog, branch_id: str, name: str) -> list[ev.Event]:
+    if not name.strip():
+        raise validation("name", "must not be empty")
+    return [ev.BranchAdded(branch_id=branch_id, name=name.strip())]
+
+
+def _check_window(catalog: Catalog, window: Window) -> None:
+    if window.branch_id not in catalog.branches:
+        raise not_found("branch", window.branch_id)
+    if window.day_of_week not in WEEKDAYS:
+        raise validation("day_of_week", "must be one of " + ", ".join(WEEKDAYS))
+    if window.session not in SESSIONS:
+        raise validation("session", "must be one of " + ", ".join(SESSIONS))
+    if parse_hhmm(window.start_time, "start_time") >= parse_hhmm(window.end_time, "end_time"):
+        raise validation("end_time", "must be after start_time")
+    if window.max_slots < 0:
+        raise validation("max_slots", "must not be negative")
+    if window.service_id is not None and window.service_id not in catalog.services:
+        raise DomainError("INVALID_APPOINTMENT_TYPE", f"service_id '{window.service_id}' is not a configured "
+                          "service", {"service_id": "unknown service"})
+    if window.status not in ("OPEN", "CLOSED"):
+        raise validation("status", "must be OPEN or CLOSED")
+
+
+def create_window(catalog: Catalog, window: Window) -> list[ev.Event]:
+    _check_window(catalog, window)
+    return [ev.WindowCreated(window=window.as_dict())]
+
+
+def change_window(catalog: Catalog, window_id: str, changes: dict[str, Any]) -> list[ev.Event]:
+    current = catalog.window(window_id)
+    _check_window(catalog, replace(current, **changes))
+    effective = {k: v for k, v in changes.items() if getattr(current, k) != v}
+    return [ev.WindowChanged(window_id=window_id, changes=effective)] if effective else []
+
+
+def disable_window(catalog: Catalog, window_id: str) -> list[ev.Event]:
+    window = catalog.window(window_id)
+    return [ev.WindowDisabled(window_id=window_id)] if window.enabled else []

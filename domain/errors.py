@@ -1,0 +1,48 @@
+"""Domain refusals: a code from the public contract, the HTTP-equivalent status, and why."""
+from __future__ import annotations
+
+from typing import Any
+
+STATUS_BY_CODE = {
+    "VALIDATION_ERROR": 400,
+    "PAST_APPOINTMENT": 400,
+    "UNAUTHORIZED": 401,
+    "INSUFFICIENT_SCOPE": 403,
+    "NOT_FOUND": 404,
+    "BOOKING_DISABLED": 409,
+    "SLOT_FULL": 409,
+    "SLOT_INACTIVE": 409,
+    "DUPLICATE_BOOKING": 409,
+    "RESCHEDULE_NOT_ALLOWED": 409,
+    "CANCELLATION_NOT_ALLOWED": 409,
+    "CANCELLATION_NOTICE_TOO_SHORT": 409,
+    "APPOINTMENT_CONFLICT": 409,
+    "CONFLICT": 409,
+    "INVALID_APPOINTMENT_TYPE": 422,
+    "OUTSIDE_AVAILABILITY": 422,
+    "INSUFFICIENT_NOTICE": 422,
+    "BEYOND_BOOKING_HORIZON": 422,
+    "INVALID_STATE_TRANSITION": 422,
+}
+
+
+class DomainError(Exception):
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+        self.extra = extra or {}  # top-level fields of the error body, e.g. existing_appointment_id
+
+    @property
+    def status(self) -> int:
+        return STATUS_BY_CODE[self.code]
+
+
+def validation(field: str, problem: str) -> DomainError:
+    return DomainError("VALIDATION_ERROR", f"{field}: {problem}", {field: problem})
+
+
+def not_found(what: str, ident: str) -> DomainError:
+    return DomainError("NOT_FOUND", f"{what} '{ident}' not found")

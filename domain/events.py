@@ -1,0 +1,142 @@
+"""Events: plain data, JSON-native fields only, so a stored event is exactly `asdict(event)`."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    type: ClassVar[str]
+    version: ClassVar[int] = 1
+
+    def data(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# -- configuration streams: org-<id>, service-<id>, branch-<id>, window-<id> ----------------------------
+
+@dataclass(frozen=True)
+class OrgCreated(Event):
+    type = "org.created"
+    org_id: str
+    name: str
+    settings: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OrgSettingsChanged(Event):
+    type = "org.settings_changed"
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ServiceAdded(Event):
+    type = "service.added"
+    service_id: str
+    name: str
+    duration_minutes: int
+
+
+@dataclass(frozen=True)
+class BranchAdded(Event):
+    type = "branch.added"
+    branch_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class WindowCreated(Event):
+    type = "window.created"
+    window: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WindowChanged(Event):
+    type = "window.changed"
+    window_id: str
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WindowDisabled(Event):
+    type = "window.disabled"
+    window_id: str
+
+
+# -- window-day streams: wd-<window_id>-<YYYY-MM-DD> --------------------------------------------------
+
+@dataclass(frozen=True)
+class WindowDayAdjusted(Event):
+    """One date of a window closed, reopened, or given its own capacity."""
+    type = "window_day.adjusted"
+    window_id: str
+    date: str
+    status: str | None = None
+    max_slots: int | None = None
+
+
+@dataclass(frozen=True)
+class AppointmentBooked(Event):
+    type = "appointment.booked"
+    appointment: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AppointmentRescheduled(Event):
+    """In the target window-day; `appointment` is the whole record at its new place."""
+    type = "appointment.rescheduled"
+    appointment: dict[str, Any]
+    previous: dict[str, Any]  # window_id, date, appointment_date, session, batch, token before the move
+
+
+@dataclass(frozen=True)
+class AppointmentMovedOut(Event):
+    """In the source window-day when a reschedule leaves it: its capacity is freed."""
+    type = "appointment.moved_out"
+    appointment_id: str
+    to_stream: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class AppointmentDetailsChanged(Event):
+    type = "appointment.details_changed"
+    appointment_id: str
+    changes: dict[str, Any]
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class AppointmentStatusChanged(Event):
+    """confirmed/rescheduled → in_progress, completed, cancelled, no_show; `changes` carries what comes with it
+    (cancellation_reason, cancelled_at, completed_at, diagnosis…)."""
+    type = "appointment.status_changed"
+    appointment_id: str
+    status: str
+    previous_status: str
+    changes: dict[str, Any]
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class NotificationRequested(Event):
+    """The caller asked that the patient be told about this change; a consumer of the events topic sends it."""
+    type = "appointment.notification_requested"
+    appointment_id: str
+    reason: str
+    channel_hint: str | None = None
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls for cls in (
+        OrgCreated, OrgSettingsChanged, ServiceAdded, BranchAdded, WindowCreated, WindowChanged, WindowDisabled,
+        WindowDayAdjusted, AppointmentBooked, AppointmentRescheduled, AppointmentMovedOut,
+        AppointmentDetailsChanged, AppointmentStatusChanged, NotificationRequested,
+    )
+}
+
+
+def from_stored(event_type: str, data: dict[str, Any]) -> Event:
+    return EVENT_TYPES[event_type](**data)

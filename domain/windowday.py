@@ -1,0 +1,349 @@
+"""The window-day aggregate: one calendar window on one local date, and the appointments booked into it.
+
+It decides bookings, reschedules and every later change of an appointment (DESIGN §3). Cross-aggregate
+facts it cannot see (an existing appointment with the same external reference or the same phone, type and
+date in another window-day) are looked up by the handler and passed in; the handler's unique tables make
+them race-free.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from domain import events as ev
+from domain.catalog import Branch, Catalog, Service, Window
+from domain.errors import DomainError, validation
+from domain.timerules import iso_utc, local, parse_instant
+
+TERMINAL = frozenset({"completed", "cancelled", "no_show"})
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "confirmed": frozenset({"rescheduled", "in_progress", "completed", "cancelled", "no_show"}),
+    "rescheduled": frozenset({"rescheduled", "in_progress", "completed", "cancelled", "no_show"}),
+    "in_progress": frozenset({"completed"}),
+}
+STATUSES = ("confirmed", "rescheduled", "in_progress", "completed", "cancelled", "no_show")
+DETAIL_FIELDS = ("assigned_doctor", "notes", "session", "batch", "diagnosis", "prescription",
+                 "follow_up_required", "follow_up_date", "duration_minutes")
+PATCH_FIELDS = ("appointment_date", "status", "cancellation_reason", "send_notification", *DETAIL_FIELDS)
+
+
+def stream_id(window_id: str, day: date | str) -> str:
+    return f"wd-{window_id}-{day}"
+
+
+def split_stream_id(stream: str) -> tuple[str, str]:
+    """wd-<window uuid>-<YYYY-MM-DD> → (window id, date)."""
+    body = stream[3:]
+    return body[:-11], body[-10:]
+
+
+def normalise_phone(phone: str) -> str:
+    return re.sub(r"[\s\-().]", "", phone).casefold()
+
+
+def is_active(appointment: dict[str, Any]) -> bool:
+    return appointment["status"] != "cancelled"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a requested start time lands (rules 4–7 passed): a window on a local date."""
+    service: Service
+    branch: Branch
+    window: Window
+    start: datetime
+    local_date: date
+
+    @property
+    def stream_id(self) -> str:
+        return stream_id(self.window.window_id, self.local_date)
+
+
+@dataclass
+class WindowDay:
+    window_id: str
+    date: str
+    version: int = 0
+    status: str | None = None  # this date's own OPEN/CLOSED, over the window's default
+    max_slots: int | None = None  # this date's own capacity, over the window's
+    last_token: int = 0
+    appointments: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def stream_id(self) -> str:
+        return stream_id(self.window_id, self.date)
+
+    def apply(self, event: ev.Event) -> None:
+        match event:
+            case ev.AppointmentBooked() | ev.AppointmentRescheduled():
+                record = copy.deepcopy(event.appointment)
+                self.appointments[record["appointment_id"]] = record
+                self.last_token = max(self.last_token, record["token"] or 0)
+            case ev.AppointmentMovedOut():
+                self.appointments.pop(event.appointment_id, None)
+            case ev.AppointmentDetailsChanged():
+                self._touch(event.appointment_id, event.updated_at, event.changes)
+            case ev.AppointmentStatusChanged():
+                self._touch(event.appointment_id, event.updated_at, {"status": event.status, **event.changes})
+            case ev.WindowDayAdjusted():
+                if event.status is not None:
+                    self.status = event.status
+                if event.max_slots is not None:
+                    self.max_slots = event.max_slots
+        self.version += 1
+
+    def _touch(self, appointment_id: str, updated_at: str, changes: dict[str, Any]) -> None:
+        record = self.appointments[appointment_id]
+        record.update(changes)
+        record["updated_at"] = updated_at
+        record["version"] += 1
+
+    # -- what the day holds --------------------------------------------------------------------------
+    def effective_status(self, window: Window) -> str:
+        if not window.enabled:
+            return "CLOSED"
+        return self.status or window.status
+
+    def capacity(self, window: Window) -> int:
+        return window.max_slots if self.max_slots is None else self.max_slots
+
+    def booked(self, service_id: str, excluding: str | None = None) -> int:
+        return sum(1 for a in self.appointments.values()
+                   if a["appointment_type"] == service_id and is_active(a) and a["appointment_id"] != excluding)
+
+    def filled_by_service(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for a in self.appointments.values():
+            if is_active(a):
+                counts[a["appointment_type"]] = counts.get(a["appointment_type"], 0) + 1
+        return counts
+
+    def duplicate_of(self, phone: str, service_id: str, excluding: str | None = None) -> str | None:
+        wanted = normalise_phone(phone)
+        for a in self.appointments.values():
+            if (is_active(a) and a["appointment_type"] == service_id and a["appointment_id"] != excluding
+                    and normalise_phone(a["parent_phone"]) == wanted):
+                return a["appointment_id"]
+        return None
+
+
+# -- rules 5–7: where a start time lands ------------------------------------------------------------------
+
+def place(catalog: Catalog, service: Service, branch: Branch, start: datetime, session: str | None,
+          now: datetime) -> Placement:
+    settings = catalog.settings
+    if not settings.enabled:
+        raise DomainError("BOOKING_DISABLED", "online booking is disabled for this organization")
+    if start <= now:
+        raise DomainError("PAST_APPOINTMENT", "appointment_date is in the past",
+                          {"appointment_date": iso_utc(start), "now": iso_utc(now)})
+    if start - now < timedelta(hours=settings.min_notice_hours):
+        raise DomainError("INSUFFICIENT_NOTICE", f"appointments need at least {settings.min_notice_hours:g} hours' "
+                          "notice", {"min_notice_hours": settings.min_notice_hours})
+    start_local = local(start, settings.timezone)
+    today_local = local(now, settings.timezone).date()
+    if start_local.date() > today_local + timedelta(days=settings.max_advance_booking_days):
+        raise DomainError("BEYOND_BOOKING_HORIZON", f"appointments can be booked at most "
+                          f"{settings.max_advance_booking_days} days ahead",
+                          {"max_advance_booking_days": settings.max_advance_booking_days,
+                           "local_date": start_local.date().isoformat()})
+    windows = catalog.windows_at(branch.branch_id, start_local, service.service_id, session)
+    if not windows:
+        raise DomainError("OUTSIDE_AVAILABILITY", "appointment_date does not fall within any configured calendar "
+                          "window", {"local_time": start_local.strftime("%A %Y-%m-%d %H:%M"),
+                                     "timezone": settings.timezone, "session": session})
+    # Several windows may cover one moment: prefer one that is open.
+    open_first = sorted(windows, key=lambda w: not w.enabled or w.status != "OPEN")
+    return Placement(service, branch, open_first[0], start, start_local.date())
+
+
+def _check_bookable(catalog: Catalog, day: WindowDay, placement: Placement, phone: str,
+                    duplicate_of: str | None, excluding: str | None = None) -> None:
+    """Rules 8–10 on the target window-day."""
+    window = placement.window
+    if day.effective_status(window) != "OPEN":
+        raise DomainError("SLOT_INACTIVE", f"the {window.session} window on {day.date} is closed",
+                          {"window_id": window.window_id, "date": day.date, "status": "CLOSED"})
+    if catalog.settings.prevent_duplicate_bookings:
+        existing = duplicate_of or day.duplicate_of(phone, placement.service.service_id, excluding)
+        if existing and existing != excluding:
+            raise DomainError("DUPLICATE_BOOKING", "an active appointment already exists for this phone number, "
+                              "appointment type and date", {"existing_appointment_id": existing},
+                              extra={"existing_appointment_id": existing})
+    capacity = day.capacity(window)
+    if day.booked(placement.service.service_id, excluding) >= capacity:
+        raise DomainError("SLOT_FULL", f"the {window.session} window on {day.date} has no capacity left for "
+                          f"{placement.service.name}", {"window_id": window.window_id, "date": day.date,
+                                                        "max_slots": capacity})
+
+
+def _next_token(catalog: Catalog, day: WindowDay) -> int | None:
+    return day.last_token + 1 if catalog.settings.token_numbering else None
+
+
+def book(catalog: Catalog, day: WindowDay, placement: Placement, request: dict[str, Any], appointment_id: str,
+         now: datetime, duplicate_of: str | None = None) -> list[ev.Event]:
+    """Rules 8–10, then the booking. `request` holds the create body's validated fields."""
+    _check_bookable(catalog, day, placement, request["parent_phone"], duplicate_of)
+    stamp = iso_utc(now)
+    window = placement.window
+    record = {
+        "appointment_id": appointment_id,
+        "appointment_type": placement.service.service_id,
+        "branch_id": placement.branch.branch_id,
+        "window_id": window.window_id,
+        "date": placement.local_date.isoformat(),
+        "session": window.session,
+        "batch": request.get("batch") or window.batch,
+        "token": _next_token(catalog, day),
+        "patient_name": request["patient_name"],
+        "parent_phone": request["parent_phone"],
+        "assigned_doctor": request.get("assigned_doctor"),
+        "status": "confirmed",
+        "external_reference_id": request.get("external_reference_id"),
+        "appointment_date": iso_utc(placement.start),
+        "notes": request.get("notes"),
+        "duration_minutes": request.get("duration_minutes") or placement.service.duration_minutes,
+        "cancellation_reason": None,
+        "cancelled_at": None,
+        "completed_at": None,
+        "diagnosis": None,
+        "prescription": None,
+        "follow_up_required": False,
+        "follow_up_date": None,
+        "created_at": stamp,
+        "updated_at": stamp,
+        "version": 1,
+    }
+    return [ev.AppointmentBooked(appointment=record)]
+
+
+# -- PATCH: update, reschedule, cancel, complete -----------------------------------------------------------
+
+def check_update(catalog: Catalog, appointment: dict[str, Any], patch: dict[str, Any], now: datetime) -> bool:
+    """Transition and policy checks that need no target window-day. Returns False when the request leaves the
+    record as it is (the same terminal status again)."""
+    if not any(name in patch for name in PATCH_FIELDS):
+        raise DomainError("VALIDATION_ERROR", "no valid field to update",
+                          {"body": "give at least one of " + ", ".join(PATCH_FIELDS)})
+    current = appointment["status"]
+    wanted = patch.get("status")
+    if current in TERMINAL:
+        if wanted == current:
+            return False
+        raise DomainError("INVALID_STATE_TRANSITION", f"Cannot update a {current} appointment",
+                          {"status": current, "requested": wanted or "update"})
+    if wanted is not None and wanted != current:
+        if wanted not in TRANSITIONS[current]:
+            raise DomainError("INVALID_STATE_TRANSITION", f"Cannot change status from '{current}' to '{wanted}'",
+                              {"from": current, "to": wanted, "allowed": sorted(TRANSITIONS[current])})
+        if wanted == "rescheduled" and "appointment_date" not in patch:
+            raise DomainError("INVALID_STATE_TRANSITION", "an appointment becomes 'rescheduled' by a new "
+                              "appointment_date", {"appointment_date": "required with status 'rescheduled'"})
+    if "appointment_date" in patch:
+        if current == "in_progress":
+            raise DomainError("INVALID_STATE_TRANSITION", "Cannot reschedule an appointment in progress",
+                              {"from": current, "to": "rescheduled"})
+        if wanted not in (None, "confirmed", "rescheduled"):
+            raise validation("status", f"cannot reschedule and set status '{wanted}' in one request")
+        if not catalog.settings.allow_reschedule:
+            raise DomainError("RESCHEDULE_NOT_ALLOWED", "rescheduling is disabled for this organization")
+    if wanted == "cancelled":
+        if not catalog.settings.allow_cancellation:
+            raise DomainError("CANCELLATION_NOT_ALLOWED", "cancellation is disabled for this organization")
+        start = parse_instant(appointment["appointment_date"])
+        notice = catalog.settings.cancellation_notice_hours
+        if start - now < timedelta(hours=notice):
+            raise DomainError("CANCELLATION_NOTICE_TOO_SHORT", f"appointments can be cancelled at most {notice:g} "
+                              "hours before they start", {"cancellation_notice_hours": notice,
+                                                          "appointment_date": appointment["appointment_date"]})
+        if catalog.settings.require_cancellation_reason and not patch.get("cancellation_reason"):
+            raise validation("cancellation_reason", "is required to cancel an appointment")
+    if wanted == "completed" and catalog.settings.require_diagnosis_on_complete and not (
+            patch.get("diagnosis") or appointment.get("diagnosis")):
+        raise DomainError("VALIDATION_ERROR", "Invalid request data",
+                          {"diagnosis": "Cannot change status to 'completed' without providing diagnosis"})
+    return True
+
+
+def reschedule_placement(catalog: Catalog, appointment: dict[str, Any], patch: dict[str, Any],
+                         now: datetime) -> Placement:
+    """Rules 6–7 for the new appointment_date, keeping the appointment's type and branch."""
+    start = parse_instant(patch["appointment_date"])
+    service = catalog.services[appointment["appointment_type"]]
+    branch = catalog.branches[appointment["branch_id"]]
+    return place(catalog, service, branch, start, patch.get("session"), now)
+
+
+def update(catalog: Catalog, source: WindowDay, appointment_id: str, patch: dict[str, Any], now: datetime,
+           target: WindowDay | None = None, placement: Placement | None = None,
+           duplicate_of: str | None = None) -> dict[str, list[ev.Event]]:
+    """Events per stream id for a PATCH (already passed `check_update`). `target` and `placement` are given
+    when the patch reschedules; `target` is `source` itself when the new time is in the same window-day."""
+    appointment = source.appointments[appointment_id]
+    stamp = iso_utc(now)
+    out: dict[str, list[ev.Event]] = {}
+    home = source
+    if placement is not None:
+        assert target is not None
+        _check_bookable(catalog, target, placement, appointment["parent_phone"], duplicate_of,
+                        excluding=appointment_id)
+        same_day = target.stream_id == source.stream_id
+        window = placement.window
+        moved = {
+            **appointment,
+            "window_id": window.window_id,
+            "date": placement.local_date.isoformat(),
+            "appointment_date": iso_utc(placement.start),
+            "session": patch.get("session") or window.session,
+            "batch": patch.get("batch") or window.batch,
+            "token": appointment["token"] if same_day else _next_token(catalog, target),
+            "status": patch.get("status") or "rescheduled",
+            "updated_at": stamp,
+            "version": appointment["version"] + 1,
+        }
+        previous = {k: appointment[k] for k in ("window_id", "date", "appointment_date", "session", "batch",
+                                                "token", "status")}
+        if not same_day:
+            out[source.stream_id] = [ev.AppointmentMovedOut(appointment_id=appointment_id,
+                                                             to_stream=target.stream_id, updated_at=stamp)]
+        out.setdefault(target.stream_id, []).append(ev.AppointmentRescheduled(appointment=moved, previous=previous))
+        appointment, home = moved, target
+
+    home_events = out.setdefault(home.stream_id, [])
+    details = {name: patch[name] for name in DETAIL_FIELDS
+               if name in patch and not (placement is not None and name in ("session", "batch"))
+               and patch[name] != appointment.get(name)}
+    if details:
+        home_events.append(ev.AppointmentDetailsChanged(appointment_id=appointment_id, changes=details,
+                                                        updated_at=stamp))
+    wanted = patch.get("status")
+    if placement is None and wanted is not None and wanted != appointment["status"]:
+        changes: dict[str, Any] = {}
+        if wanted == "cancelled":
+            changes = {"cancelled_at": stamp, "cancellation_reason": patch.get("cancellation_reason")}
+        elif wanted == "completed":
+            changes = {"completed_at": stamp}
+        home_events.append(ev.AppointmentStatusChanged(appointment_id=appointment_id, status=wanted,
+                                                       previous_status=appointment["status"], changes=changes,
+                                                       updated_at=stamp))
+    if patch.get("send_notification") and home_events:
+        home_events.append(ev.NotificationRequested(appointment_id=appointment_id,
+                                                    reason=home_events[-1].type))
+    return {stream: events for stream, events in out.items() if events}
+
+
+def adjust_day(day: WindowDay, status: str | None, max_slots: int | None) -> list[ev.Event]:
+    """Close or reopen one date, or give it its own capacity (schedule tracking PATCH)."""
+    if status is None and max_slots is None:
+        raise DomainError("VALIDATION_ERROR", "no valid field to update", {"body": "give status or max_slots"})
+    if status is not None and status not in ("OPEN", "CLOSED"):
+        raise validation("status", "must be OPEN or CLOSED")
+    if max_slots is not None and max_slots < 0:
+        raise validation("max_slots", "must not be negative")
+    if status == day.status and max_slots in (None, day.max_slots):
+        return []
+    return [ev.WindowDayAdjusted(window_id=day.window_id, date=day.date, status=status, max_slots=max_slots)]

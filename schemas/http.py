@@ -1,0 +1,236 @@
+"""HTTP request and response bodies. Unknown fields are refused, with the field named."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Session = Literal["Morning", "Afternoon", "Evening"]
+DayOfWeek = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+Status = Literal["confirmed", "rescheduled", "in_progress", "completed", "cancelled", "no_show"]
+HHMM = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["09:00"])
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class CreateAppointment(Strict):
+    appointment_type: str = Field(min_length=1, description="Service UUID or name (case-insensitive)")
+    appointment_date: str = Field(min_length=1, description="ISO 8601 datetime with a time part; no offset = UTC",
+                                  examples=["2026-06-15T09:30:00.000Z"])
+    patient_name: str = Field(min_length=1, max_length=200)
+    parent_phone: str = Field(min_length=1, max_length=40)
+    branch_id: str | None = None
+    session: Session | None = None
+    batch: str | None = Field(default=None, max_length=40)
+    assigned_doctor: str | None = Field(default=None, max_length=200)
+    external_reference_id: str | None = Field(default=None, min_length=1, max_length=200)
+    notes: str | None = Field(default=None, max_length=4000)
+    duration_minutes: int | None = Field(default=None, gt=0, le=1440)
+
+
+class UpdateAppointment(Strict):
+    appointment_date: str | None = Field(default=None, min_length=1)
+    status: Status | None = None
+    assigned_doctor: str | None = Field(default=None, max_length=200)
+    notes: str | None = Field(default=None, max_length=4000)
+    session: Session | None = None
+    batch: str | None = Field(default=None, max_length=40)
+    cancellation_reason: str | None = Field(default=None, max_length=1000)
+    diagnosis: str | None = Field(default=None, max_length=4000)
+    prescription: str | None = Field(default=None, max_length=4000)
+    follow_up_required: bool | None = None
+    follow_up_date: dt.date | None = None
+    duration_minutes: int | None = Field(default=None, gt=0, le=1440)
+    send_notification: bool | None = None
+
+
+class Appointment(BaseModel):
+    appointment_id: str = Field(pattern=r"^appt_[a-z0-9]{10}$")
+    appointment_type: str
+    branch_id: str
+    window_id: str
+    date: dt.date
+    session: Session
+    batch: str | None
+    token: int | None
+    patient_name: str
+    parent_phone: str
+    assigned_doctor: str | None
+    status: Status
+    external_reference_id: str | None
+    appointment_date: str
+    notes: str | None
+    duration_minutes: int | None
+    cancellation_reason: str | None
+    cancelled_at: str | None
+    completed_at: str | None
+    diagnosis: str | None
+    prescription: str | None
+    follow_up_required: bool
+    follow_up_date: str | None
+    created_at: str
+    updated_at: str
+    version: int
+    position: int | None = Field(default=None, description="Log position of this write (write responses only)")
+
+
+class GeneralSettings(BaseModel):
+    enabled: bool
+    timezone: str
+    buffer_time_minutes: int
+    max_advance_booking_days: int
+    min_notice_hours: float
+    allow_reschedule: bool
+    allow_cancellation: bool
+    cancellation_notice_hours: float
+    prevent_duplicate_bookings: bool
+    token_numbering: bool
+    require_cancellation_reason: bool
+    require_diagnosis_on_complete: bool
+
+
+class SettingsPatch(Strict):
+    enabled: bool | None = None
+    timezone: str | None = None
+    buffer_time_minutes: int | None = Field(default=None, ge=0)
+    max_advance_booking_days: int | None = Field(default=None, ge=0)
+    min_notice_hours: float | None = Field(default=None, ge=0)
+    allow_reschedule: bool | None = None
+    allow_cancellation: bool | None = None
+    cancellation_notice_hours: float | None = Field(default=None, ge=0)
+    prevent_duplicate_bookings: bool | None = None
+    token_numbering: bool | None = None
+    require_cancellation_reason: bool | None = None
+    require_diagnosis_on_complete: bool | None = None
+
+
+class CreateService(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    duration_minutes: int = Field(default=30, gt=0, le=1440)
+
+
+class ServiceOut(BaseModel):
+    service_id: str
+    name: str
+    duration_minutes: int
+
+
+class CreateBranch(Strict):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class BranchOut(BaseModel):
+    branch_id: str
+    name: str
+
+
+class CreateWindow(Strict):
+    branch_id: str
+    day_of_week: DayOfWeek
+    session: Session
+    start_time: str = HHMM
+    end_time: str = HHMM
+    max_slots: int = Field(ge=0, le=100_000)
+    service_id: str | None = None
+    batch: str | None = Field(default=None, max_length=40)
+    status: Literal["OPEN", "CLOSED"] = "OPEN"
+
+
+class UpdateWindow(Strict):
+    start_time: str | None = HHMM
+    end_time: str | None = HHMM
+    max_slots: int | None = Field(default=None, ge=0, le=100_000)
+    batch: str | None = Field(default=None, max_length=40)
+    status: Literal["OPEN", "CLOSED"] | None = None
+
+
+class WindowOut(BaseModel):
+    window_id: str
+    branch_id: str
+    day_of_week: DayOfWeek
+    session: Session
+    start_time: str
+    end_time: str
+    max_slots: int
+    service_id: str | None
+    batch: str | None
+    status: Literal["OPEN", "CLOSED"]
+    enabled: bool
+
+
+class UpdateWindowDay(Strict):
+    status: Literal["OPEN", "CLOSED"] | None = None
+    max_slots: int | None = Field(default=None, ge=0, le=100_000)
+
+
+class Regenerate(Strict):
+    date_from: dt.date
+    date_to: dt.date
+
+
+class TrackingRecord(BaseModel):
+    window_id: str
+    branch_id: str
+    date: dt.date
+    session: Session
+    batch: str | None
+    start_time: str
+    end_time: str
+    service_id: str | None
+    status: Literal["OPEN", "CLOSED"]
+    max_slots: int
+    filled_count: int
+    filled_by_service: dict[str, int]
+
+
+class AvailabilityQuery(Strict):
+    date: dt.date
+    branch_id: str | None = None
+    appointment_type: str | None = None
+    session: Session | None = None
+    min_position: int | None = Field(default=None, ge=0)
+
+
+class TrackingQuery(Strict):
+    date_from: dt.date
+    date_to: dt.date
+    branch_id: str | None = None
+    window_id: str | None = None
+    min_position: int | None = Field(default=None, ge=0)
+
+
+class WindowsQuery(Strict):
+    branch_id: str | None = None
+
+
+class SearchQuery(Strict):
+    date: dt.date | None = None
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
+    branch_id: str | None = None
+    status: Status | None = None
+    parent_phone: str | None = None
+    assigned_doctor: str | None = None
+    appointment_type: str | None = None
+    external_reference_id: str | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: str | None = None
+    min_position: int | None = Field(default=None, ge=0)
+
+
+class ReadQuery(Strict):
+    min_position: int | None = Field(default=None, ge=0)
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = {}
+
+
+class ErrorResponse(BaseModel):
+    success: Literal[False] = False
+    error: ErrorBody

@@ -1,0 +1,53 @@
+"""OpenAPI 3.1, generated from the route table and its pydantic models."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
+
+from schemas.http import ErrorResponse
+
+
+def _schema(model: Any, components: dict[str, Any]) -> dict[str, Any]:
+    schema = TypeAdapter(model).json_schema(ref_template="#/components/schemas/{model}")
+    components.update(schema.pop("$defs", {}))
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        components[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+    return schema
+
+
+def document(routes) -> dict[str, Any]:
+    components: dict[str, Any] = {}
+    error_ref = _schema(ErrorResponse, components)
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        op: dict[str, Any] = {"summary": route.summary, "security": [{"bearer": []}],
+                              "x-required-scopes": list(route.scopes), "parameters": []}
+        for name in re.findall(r"{(\w+)}", route.path):
+            op["parameters"].append({"name": name, "in": "path", "required": True, "schema": {"type": "string"}})
+        if route.query is not None:
+            for name, field in route.query.model_fields.items():
+                op["parameters"].append({"name": name, "in": "query", "required": field.is_required(),
+                                         "schema": TypeAdapter(field.annotation).json_schema()})
+        if route.body is not None:
+            op["requestBody"] = {"required": True,
+                                 "content": {"application/json": {"schema": _schema(route.body, components)}}}
+        data = _schema(route.response, components) if route.response is not None else {}
+        ok_status = "201" if route.method == "POST" and route.path in ("/v1/appointments", "/v1/services",
+                                                                         "/v1/branches", "/v1/appointment-slots") \
+            else "200"
+        op["responses"] = {
+            ok_status: {"description": "success", "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"success": {"const": True}, "data": data}}}}},
+            "default": {"description": "error", "content": {"application/json": {"schema": error_ref}}},
+        }
+        paths.setdefault(route.path, {})[route.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "slotledger", "version": "1"},
+        "components": {"schemas": components,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": paths,
+    }

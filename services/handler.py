@@ -1,0 +1,422 @@
+"""The command handler: load the aggregate(s), let the domain decide, append with expected versions.
+
+Within one process, commands for one window-day queue on an asyncio lock, so they never conflict with each
+other and the cached aggregate stays fresh; across processes the streams' expected versions and the unique
+write-side tables catch every race, and the command is retried from the top (bounded).
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import string
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable
+
+import asyncpg
+
+from domain import catalog as cat
+from domain import events as ev
+from domain import windowday as wd
+from domain.errors import DomainError, not_found
+from domain.timerules import parse_day, parse_instant
+from services.store.eventstore import Append, ConcurrencyError, EventStore, NewEvent, StoredEvent
+
+_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_appointment_id() -> str:
+    return "appt_" + "".join(secrets.choice(_ALPHABET) for _ in range(10))
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Outcome:
+    """What a command did: the HTTP-equivalent status, the record, and the log position of its last event."""
+    status: int
+    data: Any
+    position: int | None = None
+    idempotent: bool = False
+
+
+@dataclass
+class Meta:
+    """Who asked and why: recorded on every event the command appends."""
+    request_id: str | None = None
+    command_id: str | None = None
+    actor: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+class _Retry(Exception):
+    pass
+
+
+@dataclass
+class CommandHandler:
+    pool: asyncpg.Pool
+    store: EventStore
+    retries: int = 8
+    clock: Callable[[], datetime] = utcnow
+    cache_size: int = 20_000
+    _catalogs: dict[str, tuple[int, cat.Catalog, dict[str, int]]] = field(default_factory=dict)
+    _days: OrderedDict[str, wd.WindowDay] = field(default_factory=OrderedDict)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        for n in range(self.retries):
+            try:
+                return await attempt()
+            except _Retry:
+                await asyncio.sleep(random.uniform(0, 0.002 * (n + 1)))
+        raise DomainError("CONFLICT", "the request kept conflicting with concurrent changes; retry it")
+
+    async def catalog(self, org_id: str, conn: asyncpg.Connection | None = None) -> cat.Catalog:
+        """The org's configuration, cached and revalidated against `orgs.config_version`."""
+        if conn is None:
+            async with self.pool.acquire() as conn:
+                return await self.catalog(org_id, conn)
+        version = await conn.fetchval("SELECT config_version FROM orgs WHERE org_id = $1", uuid.UUID(org_id))
+        if version is None:
+            raise not_found("organization", org_id)
+        return await self._catalog_at(org_id, version, conn)
+
+    async def _catalog_at(self, org_id: str, version: int, conn: asyncpg.Connection) -> cat.Catalog:
+        cached = self._catalogs.get(org_id)
+        if cached and cached[0] == version:
+            return cached[1]
+        rows = await conn.fetch(
+            "SELECT stream_id, stream_version, event_type, data FROM events"
+            " WHERE org_id = $1 AND stream_id NOT LIKE 'wd-%' ORDER BY global_position", uuid.UUID(org_id))
+        catalog = cat.Catalog(org_id=org_id)
+        versions: dict[str, int] = {}
+        for row in rows:
+            catalog.apply(ev.from_stored(row["event_type"], row["data"]))
+            versions[row["stream_id"]] = row["stream_version"]
+        self._catalogs[org_id] = (version, catalog, versions)
+        return catalog
+
+    async def _day(self, stream_id: str, window_id: str, date: str, conn: asyncpg.Connection) -> wd.WindowDay:
+        day = self._days.get(stream_id)
+        if day is not None:
+            self._days.move_to_end(stream_id)
+            return day
+        day = wd.WindowDay(window_id=window_id, date=date)
+        for stored in await self.store.read_stream(stream_id, conn=conn):
+            day.apply(ev.from_stored(stored.type, stored.data))
+        self._days[stream_id] = day
+        if len(self._days) > self.cache_size:
+            self._days.popitem(last=False)
+        return day
+
+    def _forget(self, *stream_ids: str) -> None:
+        for stream in stream_ids:
+            self._days.pop(stream, None)
+
+    async def _append(self, conn: asyncpg.Connection, org_id: str, by_stream: dict[str, tuple[int, list[ev.Event]]],
+                      meta: Meta) -> list[StoredEvent]:
+        appends = [
+            Append(stream, expected, [NewEvent(e.type, e.data(), schema_version=e.version, metadata=meta.as_dict())
+                                      for e in events], org_id=uuid.UUID(org_id))
+            for stream, (expected, events) in by_stream.items()
+        ]
+        return await self.store.append(appends, conn)
+
+    # -- configuration -------------------------------------------------------------------------------
+    async def create_org(self, name: str, timezone_name: str, meta: Meta | None = None) -> cat.Catalog:
+        org_id = cat.new_id()
+        events = cat.create_org(org_id, name, timezone_name)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO orgs (org_id, name, config_version) VALUES ($1, $2, 1)",
+                               uuid.UUID(org_id), name.strip())
+            await self._append(conn, org_id, {f"org-{org_id}": (0, events)}, meta or Meta())
+        return await self.catalog(org_id)
+
+    async def configure(self, org_id: str, decide: Callable[[cat.Catalog], list[ev.Event]], stream_of: Callable[
+            [ev.Event], str], meta: Meta) -> tuple[cat.Catalog, int | None]:
+        """Run a configuration decision against the current catalog and append its events."""
+        async with self._lock(f"org-{org_id}"):
+            async def attempt() -> Outcome:
+                async with self.pool.acquire() as conn:
+                    catalog = await self.catalog(org_id, conn)
+                    events = decide(catalog)
+                    if not events:
+                        return Outcome(200, catalog)
+                    versions = self._catalogs[org_id][2]
+                    by_stream: dict[str, tuple[int, list[ev.Event]]] = {}
+                    for event in events:
+                        stream = stream_of(event)
+                        by_stream.setdefault(stream, (versions.get(stream, 0), []))[1].append(event)
+                    try:
+                        async with conn.transaction():
+                            stored = await self._append(conn, org_id, by_stream, meta)
+                            await conn.execute("UPDATE orgs SET config_version = config_version + 1"
+                                               " WHERE org_id = $1", uuid.UUID(org_id))
+                    except ConcurrencyError:
+                        self._catalogs.pop(org_id, None)
+                        raise _Retry from None
+                    return Outcome(200, await self.catalog(org_id, conn), stored[-1].position)
+
+            outcome = await self._retrying(attempt)
+        return outcome.data, outcome.position
+
+    # -- appointments --------------------------------------------------------------------------------
+    async def create_appointment(self, org_id: str, request: dict[str, Any], meta: Meta) -> Outcome:
+        """POST /v1/appointments after the body's shape is valid (DESIGN §3, rules 2–10)."""
+        ref = request.get("external_reference_id")
+
+        async def attempt() -> Outcome:
+            async with self.pool.acquire() as conn:
+                row = await conn.fetchrow(
+                    "SELECT o.config_version, (SELECT r.appointment_id FROM booking_refs r"
+                    " WHERE r.org_id = o.org_id AND r.external_reference_id = $2) AS by_ref"
+                    " FROM orgs o WHERE o.org_id = $1", uuid.UUID(org_id), ref)
+                if row is None:
+                    raise not_found("organization", org_id)
+                if row["by_ref"]:
+                    return await self._existing(org_id, row["by_ref"], conn)
+                catalog = await self._catalog_at(org_id, row["config_version"], conn)
+                service = catalog.resolve_service(request["appointment_type"])
+                branch = catalog.resolve_branch(request.get("branch_id"))
+                start = parse_instant(request["appointment_date"])
+                placement = wd.place(catalog, service, branch, start, request.get("session"), self.clock())
+                async with self._lock(placement.stream_id):
+                    return await self._book(conn, org_id, catalog, placement, request, meta)
+
+        return await self._retrying(attempt)
+
+    async def _existing(self, org_id: str, appointment_id: str, conn: asyncpg.Connection) -> Outcome:
+        stream = await conn.fetchval("SELECT stream_id FROM appointment_streams WHERE appointment_id = $1",
+                                     appointment_id)
+        window_id, date = wd.split_stream_id(stream)
+        day = await self._day(stream, window_id, date, conn)
+        if appointment_id not in day.appointments:  # our cache is behind another process
+            self._forget(stream)
+            raise _Retry
+        return Outcome(200, day.appointments[appointment_id], idempotent=True)
+
+    async def _book(self, conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, placement: wd.Placement,
+                    request: dict[str, Any], meta: Meta) -> Outcome:
+        ref = request.get("external_reference_id")
+        phone = wd.normalise_phone(request["parent_phone"])
+        row = await conn.fetchrow(
+            "SELECT (SELECT appointment_id FROM booking_refs WHERE org_id = $1 AND external_reference_id = $2)"
+            " AS by_ref, (SELECT appointment_id FROM booking_keys WHERE org_id = $1 AND phone = $3"
+            " AND service_id = $4 AND local_date = $5) AS duplicate",
+            uuid.UUID(org_id), ref, phone, placement.service.service_id, placement.local_date)
+        if row["by_ref"]:
+            return await self._existing(org_id, row["by_ref"], conn)
+        day = await self._day(placement.stream_id, placement.window.window_id, placement.local_date.isoformat(),
+                              conn)
+        appointment_id = new_appointment_id()
+        events = wd.book(catalog, day, placement, request, appointment_id, self.clock(), row["duplicate"])
+        try:
+            async with conn.transaction():
+                await conn.execute("INSERT INTO appointment_streams VALUES ($1, $2, $3)", appointment_id,
+                                   uuid.UUID(org_id), placement.stream_id)
+                if ref:
+                    await conn.execute("INSERT INTO booking_refs VALUES ($1, $2, $3)", uuid.UUID(org_id), ref,
+                                       appointment_id)
+                if catalog.settings.prevent_duplicate_bookings:
+                    await conn.execute("INSERT INTO booking_keys VALUES ($1, $2, $3, $4, $5)", uuid.UUID(org_id),
+                                       phone, placement.service.service_id, placement.local_date, appointment_id)
+                stored = await self._append(conn, org_id, {day.stream_id: (day.version, events)}, meta)
+        except (ConcurrencyError, asyncpg.UniqueViolationError):
+            self._forget(day.stream_id)
+            raise _Retry from None
+        for event in events:
+            day.apply(event)
+        return Outcome(201, day.appointments[appointment_id], stored[-1].position)
+
+    async def locate(self, org_id: str, appointment_id: str, conn: asyncpg.Connection) -> str:
+        stream = await conn.fetchval(
+            "SELECT stream_id FROM appointment_streams WHERE appointment_id = $1 AND org_id = $2",
+            appointment_id, uuid.UUID(org_id))
+        if stream is None:
+            raise not_found("appointment", appointment_id)
+        return stream
+
+    async def get_appointment(self, org_id: str, appointment_id: str) -> dict[str, Any]:
+        """The write side's current record (used where read-your-writes matters, e.g. SaludYa PUT)."""
+        async with self.pool.acquire() as conn:
+            stream = await self.locate(org_id, appointment_id, conn)
+            day = await self._day(stream, *wd.split_stream_id(stream), conn)
+            if appointment_id not in day.appointments:
+                self._forget(stream)
+                day = await self._day(stream, *wd.split_stream_id(stream), conn)
+            return day.appointments[appointment_id]
+
+    async def update_appointment(self, org_id: str, appointment_id: str, patch: dict[str, Any],
+                                 meta: Meta) -> Outcome:
+        """PATCH /v1/appointments/{id}: update, reschedule, cancel, complete."""
+
+        async def attempt() -> Outcome:
+            async with self.pool.acquire() as conn:
+                catalog = await self.catalog(org_id, conn)
+                streams = await self._streams_touched(conn, org_id, catalog, appointment_id, patch)
+                async with _all_locks([self._lock(s) for s in streams]):
+                    # Decide again under the locks: another command may have changed the day meanwhile.
+                    if await self._streams_touched(conn, org_id, catalog, appointment_id, patch) != streams:
+                        raise _Retry
+                    source_stream = await self.locate(org_id, appointment_id, conn)
+                    source = await self._day(source_stream, *wd.split_stream_id(source_stream), conn)
+                    appointment = source.appointments[appointment_id]
+                    now = self.clock()
+                    if not wd.check_update(catalog, appointment, patch, now):
+                        return Outcome(200, appointment)
+                    placement = wd.reschedule_placement(catalog, appointment, patch, now) \
+                        if "appointment_date" in patch else None
+                    return await self._update(conn, org_id, catalog, source, appointment_id, patch, placement,
+                                              meta)
+
+        return await self._retrying(attempt)
+
+    async def _streams_touched(self, conn, org_id: str, catalog: cat.Catalog, appointment_id: str,
+                               patch: dict[str, Any]) -> list[str]:
+        """The window-days a PATCH touches, sorted: where the appointment is, and where it would move."""
+        source_stream = await self.locate(org_id, appointment_id, conn)
+        source = await self._day(source_stream, *wd.split_stream_id(source_stream), conn)
+        appointment = source.appointments.get(appointment_id)
+        if appointment is None:  # moved by another process since we cached this day
+            self._forget(source_stream)
+            raise _Retry
+        streams = {source_stream}
+        now = self.clock()
+        if "appointment_date" in patch and wd.check_update(catalog, appointment, patch, now):
+            streams.add(wd.reschedule_placement(catalog, appointment, patch, now).stream_id)
+        return sorted(streams)
+
+    async def _update(self, conn, org_id: str, catalog: cat.Catalog, source: wd.WindowDay, appointment_id: str,
+                      patch: dict[str, Any], placement: wd.Placement | None, meta: Meta) -> Outcome:
+        appointment = source.appointments[appointment_id]
+        target = duplicate = None
+        now = self.clock()
+        phone = wd.normalise_phone(appointment["parent_phone"])
+        if placement is not None:
+            target = source if placement.stream_id == source.stream_id else await self._day(
+                placement.stream_id, placement.window.window_id, placement.local_date.isoformat(), conn)
+            duplicate = await conn.fetchval(
+                "SELECT appointment_id FROM booking_keys WHERE org_id = $1 AND phone = $2 AND service_id = $3"
+                " AND local_date = $4 AND appointment_id <> $5", uuid.UUID(org_id), phone,
+                appointment["appointment_type"], placement.local_date, appointment_id)
+        by_stream = wd.update(catalog, source, appointment_id, patch, now, target, placement, duplicate)
+        if not by_stream:
+            return Outcome(200, appointment)
+        days = {source.stream_id: source}
+        if target is not None:
+            days[target.stream_id] = target
+        try:
+            async with conn.transaction():
+                stored = await self._append(conn, org_id, {s: (days[s].version, e) for s, e in by_stream.items()},
+                                            meta)
+                await self._claims(conn, org_id, catalog, appointment, by_stream, phone)
+        except (ConcurrencyError, asyncpg.UniqueViolationError):
+            self._forget(*days)
+            raise _Retry from None
+        for stream, events in by_stream.items():
+            for event in events:
+                days[stream].apply(event)
+        home = target or source
+        return Outcome(200, home.appointments[appointment_id], stored[-1].position)
+
+    async def _claims(self, conn, org_id: str, catalog: cat.Catalog, before: dict[str, Any],
+                      by_stream: dict[str, list[ev.Event]], phone: str) -> None:
+        """Keep the write-side tables in step with what the events did."""
+        org = uuid.UUID(org_id)
+        appointment_id = before["appointment_id"]
+        for stream, events in by_stream.items():
+            for event in events:
+                if isinstance(event, ev.AppointmentRescheduled):
+                    await conn.execute("UPDATE appointment_streams SET stream_id = $2 WHERE appointment_id = $1",
+                                       appointment_id, stream)
+                    if event.appointment["date"] != before["date"]:
+                        await conn.execute("DELETE FROM booking_keys WHERE appointment_id = $1", appointment_id)
+                        if catalog.settings.prevent_duplicate_bookings:
+                            await conn.execute(
+                                "INSERT INTO booking_keys VALUES ($1, $2, $3, $4, $5)", org, phone,
+                                before["appointment_type"], datetime.fromisoformat(event.appointment["date"]).date(),
+                                appointment_id)
+                elif isinstance(event, ev.AppointmentStatusChanged) and event.status == "cancelled":
+                    await conn.execute("DELETE FROM booking_keys WHERE appointment_id = $1", appointment_id)
+                    await conn.execute("DELETE FROM booking_refs WHERE appointment_id = $1", appointment_id)
+
+    # -- schedule tracking ---------------------------------------------------------------------------
+    async def adjust_day(self, org_id: str, window_id: str, date: str, status: str | None, max_slots: int | None,
+                         meta: Meta) -> Outcome:
+        stream = wd.stream_id(window_id, date)
+
+        async def attempt() -> Outcome:
+            async with self.pool.acquire() as conn:
+                catalog = await self.catalog(org_id, conn)
+                window = catalog.window(window_id)
+                if not window.occurs_on(parse_day(date)):
+                    raise DomainError("VALIDATION_ERROR", f"the window runs on {window.day_of_week}s, not on {date}",
+                                      {"date": f"not a {window.day_of_week}"})
+                async with self._lock(stream):
+                    day = await self._day(stream, window_id, date, conn)
+                    events = wd.adjust_day(day, status, max_slots)
+                    position = None
+                    if events:
+                        try:
+                            async with conn.transaction():
+                                stored = await self._append(conn, org_id, {stream: (day.version, events)}, meta)
+                        except ConcurrencyError:
+                            self._forget(stream)
+                            raise _Retry from None
+                        position = stored[-1].position
+                        for event in events:
+                            day.apply(event)
+                    return Outcome(200, day_record(window, day), position)
+
+        return await self._retrying(attempt)
+
+    async def window_days(self, org_id: str, stream_ids: list[str]) -> list[wd.WindowDay]:
+        """Window-days folded afresh from the log (schedule-tracking regeneration)."""
+        async with self.pool.acquire() as conn:
+            out = []
+            for stream in stream_ids:
+                day = wd.WindowDay(*wd.split_stream_id(stream))
+                for stored in await self.store.read_stream(stream, conn=conn):
+                    day.apply(ev.from_stored(stored.type, stored.data))
+                out.append(day)
+            return out
+
+
+def day_record(window: cat.Window, day: wd.WindowDay) -> dict[str, Any]:
+    filled = day.filled_by_service()
+    return {
+        "window_id": window.window_id, "branch_id": window.branch_id, "date": day.date,
+        "session": window.session, "batch": window.batch, "start_time": window.start_time,
+        "end_time": window.end_time, "status": day.effective_status(window), "max_slots": day.capacity(window),
+        "filled_count": sum(filled.values()), "filled_by_service": filled,
+    }
+
+
+class _all_locks:
+    """Hold several asyncio locks, taken in the given (sorted) order so two movers never deadlock."""
+
+    def __init__(self, locks: list[asyncio.Lock]):
+        self.locks = locks
+
+    async def __aenter__(self) -> None:
+        for lock in self.locks:
+            await lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
