@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 Session = Literal["Morning", "Afternoon", "Evening"]
 DayOfWeek = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 Status = Literal["confirmed", "rescheduled", "in_progress", "completed", "cancelled", "no_show"]
-HHMM = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["09:00"])
+_HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
 
 
 class Strict(BaseModel):
@@ -131,8 +131,8 @@ class CreateWindow(Strict):
     branch_id: str
     day_of_week: DayOfWeek
     session: Session
-    start_time: str = HHMM
-    end_time: str = HHMM
+    start_time: str = Field(pattern=_HHMM, examples=["09:00"])
+    end_time: str = Field(pattern=_HHMM, examples=["12:00"])
     max_slots: int = Field(ge=0, le=100_000)
     service_id: str | None = None
     batch: str | None = Field(default=None, max_length=40)
@@ -140,8 +140,8 @@ class CreateWindow(Strict):
 
 
 class UpdateWindow(Strict):
-    start_time: str | None = HHMM
-    end_time: str | None = HHMM
+    start_time: str | None = Field(default=None, pattern=_HHMM)
+    end_time: str | None = Field(default=None, pattern=_HHMM)
     max_slots: int | None = Field(default=None, ge=0, le=100_000)
     batch: str | None = Field(default=None, max_length=40)
     status: Literal["OPEN", "CLOSED"] | None = None
