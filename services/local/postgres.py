@@ -46,8 +46,9 @@ def _run_as() -> dict:
 
 
 def _make_reachable(path: Path, user: str) -> None:
-    """The postgres user must traverse every parent of its data dir and binaries."""
-    for parent in [path, *path.parents]:
+    """The postgres user must traverse every parent of its data dir and binaries (the data dir itself keeps
+    0700: postgres refuses any wider)."""
+    for parent in path.parents:
         mode = parent.stat().st_mode
         if not mode & 0o001:
             parent.chmod(mode | 0o001)

@@ -36,8 +36,15 @@ def checkout(tmp_path):
     return tmp_path, env
 
 
-def test_up_runs_everything_locally_and_ctrl_c_stops_it_all(checkout):
+@pytest.mark.parametrize("runs", [2])
+def test_up_runs_everything_locally_and_ctrl_c_stops_it_all(checkout, runs):
+    """Twice in the same checkout: the second start reuses the first one's database."""
     cwd, env = checkout
+    for _ in range(runs):
+        _up_once(cwd, env)
+
+
+def _up_once(cwd, env):
     cli = [sys.executable, "-m", "services.cli"]
     proc = subprocess.Popen([*cli, "up", "--demo"], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -62,6 +69,13 @@ def test_up_runs_everything_locally_and_ctrl_c_stops_it_all(checkout):
         assert code == 200, body
         assert body["status"] == "ready"
         assert body["checks"]["postgres"]["ok"] and body["checks"]["kafka"]["ok"]
+
+        demo = json.loads(stack.read_text())["demo"]
+        request = urllib.request.Request(info["http_url"] + "/v1/services",
+                                         headers={"Authorization": f"Bearer {demo['api_key']}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            services = json.loads(response.read())["data"]
+        assert sorted(s["name"] for s in services) == ["Follow-up Visit", "General Checkup"]
 
         pg_pid = int((cwd / ".slotledger" / "postgres" / "postmaster.pid").read_text().split()[0])
         kafka_pid = int((cwd / ".slotledger" / "kafka" / "broker.pid").read_text())
