@@ -85,6 +85,7 @@ class LocalPostgres:
                  "--encoding=UTF8", "--no-instructions"],
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **run_as,
             )
+        self.data_dir.chmod(0o700)  # postgres refuses a wider data dir (and repairs an older checkout's)
         self.port = self.port or free_port()
         options = [
             "-c", "listen_addresses=127.0.0.1", "-c", f"port={self.port}",
