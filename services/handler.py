@@ -268,38 +268,35 @@ class CommandHandler:
         async def attempt() -> Outcome:
             async with self.pool.acquire() as conn:
                 catalog = await self.catalog(org_id, conn)
-                streams = await self._streams_touched(conn, org_id, catalog, appointment_id, patch)
+                streams = (await self._plan_update(conn, org_id, catalog, appointment_id, patch)).streams
                 async with _all_locks([self._lock(s) for s in streams]):
-                    # Decide again under the locks: another command may have changed the day meanwhile.
-                    if await self._streams_touched(conn, org_id, catalog, appointment_id, patch) != streams:
+                    # Plan again under the locks: another command may have changed the day meanwhile.
+                    plan = await self._plan_update(conn, org_id, catalog, appointment_id, patch)
+                    if plan.streams != streams:
                         raise _Retry
-                    source_stream = await self.locate(org_id, appointment_id, conn)
-                    source = await self._day(source_stream, *wd.split_stream_id(source_stream), conn)
-                    appointment = source.appointments[appointment_id]
-                    now = self.clock()
-                    if not wd.check_update(catalog, appointment, patch, now):
-                        return Outcome(200, appointment)
-                    placement = wd.reschedule_placement(catalog, appointment, patch, now) \
-                        if "appointment_date" in patch else None
-                    return await self._update(conn, org_id, catalog, source, appointment_id, patch, placement,
-                                              meta)
+                    if plan.unchanged:
+                        return Outcome(200, plan.source.appointments[appointment_id])
+                    return await self._update(conn, org_id, catalog, plan.source, appointment_id, patch,
+                                              plan.placement, meta)
 
         return await self._retrying(attempt)
 
-    async def _streams_touched(self, conn, org_id: str, catalog: cat.Catalog, appointment_id: str,
-                               patch: dict[str, Any]) -> list[str]:
-        """The window-days a PATCH touches, sorted: where the appointment is, and where it would move."""
+    async def _plan_update(self, conn, org_id: str, catalog: cat.Catalog, appointment_id: str,
+                           patch: dict[str, Any]) -> "_UpdatePlan":
+        """Where the appointment is, whether the patch changes it, and where it would move (rules 6–7)."""
         source_stream = await self.locate(org_id, appointment_id, conn)
         source = await self._day(source_stream, *wd.split_stream_id(source_stream), conn)
         appointment = source.appointments.get(appointment_id)
         if appointment is None:  # moved by another process since we cached this day
             self._forget(source_stream)
             raise _Retry
-        streams = {source_stream}
         now = self.clock()
-        if "appointment_date" in patch and wd.check_update(catalog, appointment, patch, now):
-            streams.add(wd.reschedule_placement(catalog, appointment, patch, now).stream_id)
-        return sorted(streams)
+        if not wd.check_update(catalog, appointment, patch, now):
+            return _UpdatePlan([source_stream], source, None, unchanged=True)
+        placement = wd.reschedule_placement(catalog, appointment, patch, now) if "appointment_date" in patch \
+            else None
+        streams = sorted({source_stream, placement.stream_id if placement else source_stream})
+        return _UpdatePlan(streams, source, placement)
 
     async def _update(self, conn, org_id: str, catalog: cat.Catalog, source: wd.WindowDay, appointment_id: str,
                       patch: dict[str, Any], placement: wd.Placement | None, meta: Meta) -> Outcome:
@@ -405,6 +402,14 @@ def day_record(window: cat.Window, day: wd.WindowDay) -> dict[str, Any]:
         "end_time": window.end_time, "status": day.effective_status(window), "max_slots": day.capacity(window),
         "filled_count": sum(filled.values()), "filled_by_service": filled,
     }
+
+
+@dataclass
+class _UpdatePlan:
+    streams: list[str]  # sorted: the lock order
+    source: wd.WindowDay
+    placement: wd.Placement | None
+    unchanged: bool = False
 
 
 class _all_locks:

@@ -42,7 +42,6 @@ class ProjectorRunner:
     waker: LogWaker
     poll_interval: float = 1.0
     projectors: list[Projector] = field(default_factory=all_projectors)
-    _progress: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def run(self, projector: Projector) -> None:
         flag = self.waker.subscribe()
@@ -51,8 +50,6 @@ class ProjectorRunner:
                 async with self.pool.acquire() as conn:
                     applied = await run_batch(conn, self.store, projector)
                 if applied:
-                    async with self._progress:
-                        self._progress.notify_all()
                     continue
             except (asyncpg.PostgresError, OSError) as exc:
                 log.warning("projector batch failed; retrying", projector=projector.name, error=str(exc))
