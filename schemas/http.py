@@ -47,7 +47,8 @@ class UpdateAppointment(Strict):
     send_notification: bool | None = None
 
 
-class Appointment(BaseModel):
+class AppointmentRecord(BaseModel):
+    """An appointment as the log and the read model hold it."""
     appointment_id: str = Field(pattern=r"^appt_[a-z0-9]{10}$")
     appointment_type: str
     branch_id: str
@@ -74,6 +75,9 @@ class Appointment(BaseModel):
     created_at: str
     updated_at: str
     version: int
+
+
+class Appointment(AppointmentRecord):
     position: int | None = Field(default=None, description="Log position of this write (write responses only)")
 
 

@@ -19,18 +19,18 @@ async def seed_demo(runtime) -> dict:
     if org_id is None:
         org_id = (await handler.create_org(DEMO_NAME, "Asia/Kolkata", meta)).org_id
         checkup, follow_up, branch_id = cat.new_id(), cat.new_id(), cat.new_id()
-        await handler.configure(org_id, lambda c: cat.add_service(c, checkup, "General Checkup", 30),
-                                lambda e: f"service-{checkup}", meta)
-        await handler.configure(org_id, lambda c: cat.add_service(c, follow_up, "Follow-up Visit", 15),
-                                lambda e: f"service-{follow_up}", meta)
-        await handler.configure(org_id, lambda c: cat.add_branch(c, branch_id, "Main Branch"),
-                                lambda e: f"branch-{branch_id}", meta)
+        await handler.configure(org_id, f"service-{checkup}",
+                                lambda c: cat.add_service(c, checkup, "General Checkup", 30), meta)
+        await handler.configure(org_id, f"service-{follow_up}",
+                                lambda c: cat.add_service(c, follow_up, "Follow-up Visit", 15), meta)
+        await handler.configure(org_id, f"branch-{branch_id}", lambda c: cat.add_branch(c, branch_id, "Main Branch"),
+                                meta)
         for day in WEEKDAYS:
             for session, start, end, batch in (("Morning", "09:00", "12:00", "MA"),
                                                ("Evening", "17:00", "20:00", "EA")):
                 window = cat.Window(cat.new_id(), branch_id, day, session, start, end, 20, None, batch)
-                await handler.configure(org_id, lambda c, w=window: cat.create_window(c, w),
-                                        lambda e, w=window: f"window-{w.window_id}", meta)
+                await handler.configure(org_id, f"window-{window.window_id}",
+                                        lambda c, w=window: cat.create_window(c, w), meta)
     async with runtime.pool.acquire() as conn:
         key = await create_key(conn, org_id, list(SCOPES), "demo")
     catalog = await handler.catalog(org_id)

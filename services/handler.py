@@ -7,6 +7,7 @@ write-side tables catch every race, and the command is retried from the top (bou
 from __future__ import annotations
 
 import asyncio
+import copy
 import random
 import secrets
 import string
@@ -23,6 +24,7 @@ from domain import events as ev
 from domain import windowday as wd
 from domain.errors import DomainError, not_found
 from domain.timerules import parse_day, parse_instant
+from schemas.kafka import CommandResult
 from services.store.eventstore import Append, ConcurrencyError, EventStore, NewEvent, StoredEvent
 
 _ALPHABET = string.ascii_lowercase + string.digits
@@ -58,6 +60,19 @@ class Meta:
 
 class _Retry(Exception):
     pass
+
+
+class CommandAlreadyApplied(Exception):
+    """Another delivery of this command_id committed first; nothing of this one was written."""
+
+    def __init__(self, command_id: str):
+        super().__init__(f"command {command_id} was already applied")
+        self.command_id = command_id
+
+
+def written(status: int, record: dict[str, Any], position: int | None, idempotent: bool = False) -> Outcome:
+    """An appointment write's outcome: the record as it is now, with the log position of the write."""
+    return Outcome(status, {**record, "position": position}, position, idempotent)
 
 
 @dataclass
@@ -137,6 +152,33 @@ class CommandHandler:
         ]
         return await self.store.append(appends, conn)
 
+    async def _remember(self, conn: asyncpg.Connection, org_id: str, meta: Meta, outcome: Outcome) -> None:
+        """Exactly-once effect for Kafka commands: the result is stored in the transaction of the events, so a
+        redelivered command_id finds it and changes nothing."""
+        if meta.command_id is None:
+            return
+        result = CommandResult.of(meta.command_id, outcome.status, outcome.data, outcome.position, outcome.idempotent)
+        stored = await conn.fetchval(
+            "INSERT INTO command_results (command_id, org_id, result) VALUES ($1, $2, $3)"
+            " ON CONFLICT (command_id) DO NOTHING RETURNING true",
+            uuid.UUID(meta.command_id), uuid.UUID(org_id), result.as_json())
+        if not stored:
+            raise CommandAlreadyApplied(meta.command_id)
+
+    async def _commit(self, conn: asyncpg.Connection, days: list[wd.WindowDay],
+                      write: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        """Run `write` in one transaction. It may fold its events into the (locked) cached days before commit;
+        if anything fails they are dropped from the cache, and a lost race on a version or a unique write-side
+        row retries the command."""
+        try:
+            async with conn.transaction():
+                return await write()
+        except BaseException as exc:
+            self._forget(*(day.stream_id for day in days))
+            if isinstance(exc, (ConcurrencyError, asyncpg.UniqueViolationError)):
+                raise _Retry from None
+            raise
+
     # -- configuration -------------------------------------------------------------------------------
     async def create_org(self, name: str, timezone_name: str, meta: Meta | None = None) -> cat.Catalog:
         org_id = cat.new_id()
@@ -147,33 +189,35 @@ class CommandHandler:
             await self._append(conn, org_id, {f"org-{org_id}": (0, events)}, meta or Meta())
         return await self.catalog(org_id)
 
-    async def configure(self, org_id: str, decide: Callable[[cat.Catalog], list[ev.Event]], stream_of: Callable[
-            [ev.Event], str], meta: Meta) -> tuple[cat.Catalog, int | None]:
-        """Run a configuration decision against the current catalog and append its events."""
+    async def configure(self, org_id: str, stream: str, decide: Callable[[cat.Catalog], list[ev.Event]],
+                        meta: Meta, render: Callable[[cat.Catalog], Any] = lambda c: c,
+                        status: int = 200) -> Outcome:
+        """Run a configuration decision against the current catalog, append its events to `stream`, and answer
+        with `render` of the catalog as it is afterwards."""
         async with self._lock(f"org-{org_id}"):
             async def attempt() -> Outcome:
                 async with self.pool.acquire() as conn:
                     catalog = await self.catalog(org_id, conn)
                     events = decide(catalog)
                     if not events:
-                        return Outcome(200, catalog)
-                    versions = self._catalogs[org_id][2]
-                    by_stream: dict[str, tuple[int, list[ev.Event]]] = {}
+                        return Outcome(200, render(catalog))
+                    after = copy.deepcopy(catalog)
                     for event in events:
-                        stream = stream_of(event)
-                        by_stream.setdefault(stream, (versions.get(stream, 0), []))[1].append(event)
+                        after.apply(event)
+                    expected = self._catalogs[org_id][2].get(stream, 0)
                     try:
                         async with conn.transaction():
-                            stored = await self._append(conn, org_id, by_stream, meta)
+                            stored = await self._append(conn, org_id, {stream: (expected, events)}, meta)
                             await conn.execute("UPDATE orgs SET config_version = config_version + 1"
                                                " WHERE org_id = $1", uuid.UUID(org_id))
+                            outcome = Outcome(status, render(after), stored[-1].position)
+                            await self._remember(conn, org_id, meta, outcome)
                     except ConcurrencyError:
                         self._catalogs.pop(org_id, None)
                         raise _Retry from None
-                    return Outcome(200, await self.catalog(org_id, conn), stored[-1].position)
+                    return outcome
 
-            outcome = await self._retrying(attempt)
-        return outcome.data, outcome.position
+            return await self._retrying(attempt)
 
     # -- appointments --------------------------------------------------------------------------------
     async def create_appointment(self, org_id: str, request: dict[str, Any], meta: Meta) -> Outcome:
@@ -208,7 +252,7 @@ class CommandHandler:
         if appointment_id not in day.appointments:  # our cache is behind another process
             self._forget(stream)
             raise _Retry
-        return Outcome(200, day.appointments[appointment_id], idempotent=True)
+        return written(200, day.appointments[appointment_id], None, idempotent=True)
 
     async def _book(self, conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, placement: wd.Placement,
                     request: dict[str, Any], meta: Meta) -> Outcome:
@@ -225,23 +269,22 @@ class CommandHandler:
                               conn)
         appointment_id = new_appointment_id()
         events = wd.book(catalog, day, placement, request, appointment_id, self.clock(), row["duplicate"])
-        try:
-            async with conn.transaction():
-                await conn.execute("INSERT INTO appointment_streams VALUES ($1, $2, $3)", appointment_id,
-                                   uuid.UUID(org_id), placement.stream_id)
-                if ref:
-                    await conn.execute("INSERT INTO booking_refs VALUES ($1, $2, $3)", uuid.UUID(org_id), ref,
-                                       appointment_id)
-                if catalog.settings.prevent_duplicate_bookings:
-                    await conn.execute("INSERT INTO booking_keys VALUES ($1, $2, $3, $4, $5)", uuid.UUID(org_id),
-                                       phone, placement.service.service_id, placement.local_date, appointment_id)
-                stored = await self._append(conn, org_id, {day.stream_id: (day.version, events)}, meta)
-        except (ConcurrencyError, asyncpg.UniqueViolationError):
-            self._forget(day.stream_id)
-            raise _Retry from None
-        for event in events:
-            day.apply(event)
-        return Outcome(201, day.appointments[appointment_id], stored[-1].position)
+        async def write() -> Outcome:
+            await conn.execute("INSERT INTO appointment_streams VALUES ($1, $2, $3)", appointment_id,
+                               uuid.UUID(org_id), placement.stream_id)
+            if ref:
+                await conn.execute("INSERT INTO booking_refs VALUES ($1, $2, $3)", uuid.UUID(org_id), ref,
+                                   appointment_id)
+            if catalog.settings.prevent_duplicate_bookings:
+                await conn.execute("INSERT INTO booking_keys VALUES ($1, $2, $3, $4, $5)", uuid.UUID(org_id),
+                                   phone, placement.service.service_id, placement.local_date, appointment_id)
+            stored = await self._append(conn, org_id, {day.stream_id: (day.version, events)}, meta)
+            _fold(day, events)
+            outcome = written(201, day.appointments[appointment_id], stored[-1].position)
+            await self._remember(conn, org_id, meta, outcome)
+            return outcome
+
+        return await self._commit(conn, [day], write)
 
     async def locate(self, org_id: str, appointment_id: str, conn: asyncpg.Connection) -> str:
         stream = await conn.fetchval(
@@ -275,7 +318,7 @@ class CommandHandler:
                     if plan.streams != streams:
                         raise _Retry
                     if plan.unchanged:
-                        return Outcome(200, plan.source.appointments[appointment_id])
+                        return written(200, plan.source.appointments[appointment_id], None)
                     return await self._update(conn, org_id, catalog, plan.source, appointment_id, patch,
                                               plan.placement, meta)
 
@@ -313,23 +356,21 @@ class CommandHandler:
                 appointment["appointment_type"], placement.local_date, appointment_id)
         by_stream = wd.update(catalog, source, appointment_id, patch, now, target, placement, duplicate)
         if not by_stream:
-            return Outcome(200, appointment)
+            return written(200, appointment, None)
         days = {source.stream_id: source}
         if target is not None:
             days[target.stream_id] = target
-        try:
-            async with conn.transaction():
-                stored = await self._append(conn, org_id, {s: (days[s].version, e) for s, e in by_stream.items()},
-                                            meta)
-                await self._claims(conn, org_id, catalog, appointment, by_stream, phone)
-        except (ConcurrencyError, asyncpg.UniqueViolationError):
-            self._forget(*days)
-            raise _Retry from None
-        for stream, events in by_stream.items():
-            for event in events:
-                days[stream].apply(event)
-        home = target or source
-        return Outcome(200, home.appointments[appointment_id], stored[-1].position)
+
+        async def write() -> Outcome:
+            stored = await self._append(conn, org_id, {s: (days[s].version, e) for s, e in by_stream.items()}, meta)
+            await self._claims(conn, org_id, catalog, appointment, by_stream, phone)
+            for stream, events in by_stream.items():
+                _fold(days[stream], events)
+            outcome = written(200, (target or source).appointments[appointment_id], stored[-1].position)
+            await self._remember(conn, org_id, meta, outcome)
+            return outcome
+
+        return await self._commit(conn, list(days.values()), write)
 
     async def _claims(self, conn, org_id: str, catalog: cat.Catalog, before: dict[str, Any],
                       by_stream: dict[str, list[ev.Event]], phone: str) -> None:
@@ -367,18 +408,17 @@ class CommandHandler:
                 async with self._lock(stream):
                     day = await self._day(stream, window_id, date, conn)
                     events = wd.adjust_day(day, status, max_slots)
-                    position = None
-                    if events:
-                        try:
-                            async with conn.transaction():
-                                stored = await self._append(conn, org_id, {stream: (day.version, events)}, meta)
-                        except ConcurrencyError:
-                            self._forget(stream)
-                            raise _Retry from None
-                        position = stored[-1].position
-                        for event in events:
-                            day.apply(event)
-                    return Outcome(200, day_record(window, day), position)
+                    if not events:
+                        return Outcome(200, day_record(window, day))
+
+                    async def write() -> Outcome:
+                        stored = await self._append(conn, org_id, {stream: (day.version, events)}, meta)
+                        _fold(day, events)
+                        outcome = Outcome(200, day_record(window, day), stored[-1].position)
+                        await self._remember(conn, org_id, meta, outcome)
+                        return outcome
+
+                    return await self._commit(conn, [day], write)
 
         return await self._retrying(attempt)
 
@@ -392,6 +432,11 @@ class CommandHandler:
                     day.apply(ev.from_stored(stored.type, stored.data))
                 out.append(day)
             return out
+
+
+def _fold(day: wd.WindowDay, events: list[ev.Event]) -> None:
+    for event in events:
+        day.apply(event)
 
 
 def day_record(window: cat.Window, day: wd.WindowDay) -> dict[str, Any]:

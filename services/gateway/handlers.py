@@ -7,15 +7,15 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from domain import catalog as cat
-from domain.errors import DomainError, not_found, validation
+from domain.errors import not_found, validation
 from projections import queries
 from schemas.http import (  # noqa: F401  (re-exported for the route table)
     Appointment, AvailabilityQuery, BranchOut, CreateAppointment, CreateBranch, CreateService, CreateWindow,
     GeneralSettings, ReadQuery, Regenerate, SearchQuery, ServiceOut, SettingsPatch, TrackingQuery, TrackingRecord,
     UpdateAppointment, UpdateWindow, UpdateWindowDay, WindowOut, WindowsQuery,
 )
-from services.handler import Meta
+from services import commands
+from services.handler import Meta, Outcome
 from services.keys import Principal
 from services.runtime import Runtime
 
@@ -30,6 +30,10 @@ class ConfigOut(BaseModel):
 def ok(data: Any, status: int = 200, position: int | None = None, **top: Any) -> web.Response:
     headers = {"X-Position": str(position)} if position is not None else None
     return web.json_response({"success": True, **top, "data": data}, status=status, headers=headers)
+
+
+def answer(outcome: Outcome, **top: Any) -> web.Response:
+    return ok(outcome.data, outcome.status, outcome.position, **top)
 
 
 def meta(request: web.Request, principal: Principal) -> Meta:
@@ -49,16 +53,7 @@ async def get_config(request, runtime: Runtime, principal: Principal) -> web.Res
 
 
 async def patch_config(request, runtime: Runtime, principal: Principal, body: SettingsPatch) -> web.Response:
-    changes = body.model_dump(exclude_unset=True)
-    if not changes:
-        raise DomainError("VALIDATION_ERROR", "no valid field to update",
-                          {"body": "give at least one of " + ", ".join(cat.SETTING_NAMES)})
-    if any(v is None for v in changes.values()):
-        raise validation(next(k for k, v in changes.items() if v is None), "must not be null")
-    catalog, position = await runtime.handler.configure(
-        principal.org_id, lambda c: cat.change_settings(c, changes), lambda e: f"org-{principal.org_id}",
-        meta(request, principal))
-    return ok({"general": catalog.settings.as_dict()}, position=position)
+    return answer(await commands.change_settings(runtime.handler, principal.org_id, body, meta(request, principal)))
 
 
 async def list_services(request, runtime: Runtime, principal: Principal) -> web.Response:
@@ -67,11 +62,7 @@ async def list_services(request, runtime: Runtime, principal: Principal) -> web.
 
 
 async def create_service(request, runtime: Runtime, principal: Principal, body: CreateService) -> web.Response:
-    service_id = cat.new_id()
-    catalog, position = await runtime.handler.configure(
-        principal.org_id, lambda c: cat.add_service(c, service_id, body.name, body.duration_minutes),
-        lambda e: f"service-{service_id}", meta(request, principal))
-    return ok(vars(catalog.services[service_id]), 201, position)
+    return answer(await commands.create_service(runtime.handler, principal.org_id, body, meta(request, principal)))
 
 
 async def list_branches(request, runtime: Runtime, principal: Principal) -> web.Response:
@@ -80,11 +71,7 @@ async def list_branches(request, runtime: Runtime, principal: Principal) -> web.
 
 
 async def create_branch(request, runtime: Runtime, principal: Principal, body: CreateBranch) -> web.Response:
-    branch_id = cat.new_id()
-    catalog, position = await runtime.handler.configure(
-        principal.org_id, lambda c: cat.add_branch(c, branch_id, body.name), lambda e: f"branch-{branch_id}",
-        meta(request, principal))
-    return ok(vars(catalog.branches[branch_id]), 201, position)
+    return answer(await commands.create_branch(runtime.handler, principal.org_id, body, meta(request, principal)))
 
 
 async def list_windows(request, runtime: Runtime, principal: Principal, query: WindowsQuery) -> web.Response:
@@ -98,31 +85,17 @@ async def list_windows(request, runtime: Runtime, principal: Principal, query: W
 
 
 async def create_window(request, runtime: Runtime, principal: Principal, body: CreateWindow) -> web.Response:
-    window = cat.Window(window_id=cat.new_id(), **body.model_dump())
-    catalog, position = await runtime.handler.configure(
-        principal.org_id, lambda c: cat.create_window(c, window), lambda e: f"window-{window.window_id}",
-        meta(request, principal))
-    return ok(catalog.windows[window.window_id].as_dict(), 201, position)
+    return answer(await commands.create_window(runtime.handler, principal.org_id, body, meta(request, principal)))
 
 
 async def update_window(request, runtime: Runtime, principal: Principal, body: UpdateWindow) -> web.Response:
-    window_id = request.match_info["window_id"]
-    changes = {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None}
-    if not changes:
-        raise DomainError("VALIDATION_ERROR", "no valid field to update",
-                          {"body": "give start_time, end_time, max_slots, batch or status"})
-    catalog, position = await runtime.handler.configure(
-        principal.org_id, lambda c: cat.change_window(c, window_id, changes), lambda e: f"window-{window_id}",
-        meta(request, principal))
-    return ok(catalog.windows[window_id].as_dict(), position=position)
+    return answer(await commands.update_window(runtime.handler, principal.org_id, request.match_info["window_id"],
+                                               body, meta(request, principal)))
 
 
 async def disable_window(request, runtime: Runtime, principal: Principal) -> web.Response:
-    window_id = request.match_info["window_id"]
-    catalog, position = await runtime.handler.configure(
-        principal.org_id, lambda c: cat.disable_window(c, window_id), lambda e: f"window-{window_id}",
-        meta(request, principal))
-    return ok(catalog.windows[window_id].as_dict(), position=position)
+    return answer(await commands.disable_window(runtime.handler, principal.org_id, request.match_info["window_id"],
+                                                meta(request, principal)))
 
 
 # -- availability and schedule tracking ----------------------------------------------------------------
@@ -160,14 +133,8 @@ async def schedule_tracking(request, runtime: Runtime, principal: Principal, que
 
 
 async def update_window_day(request, runtime: Runtime, principal: Principal, body: UpdateWindowDay) -> web.Response:
-    window_id, date = request.match_info["window_id"], request.match_info["date"]
-    try:
-        dt.date.fromisoformat(date)
-    except ValueError:
-        raise validation("date", "must be a date YYYY-MM-DD") from None
-    outcome = await runtime.handler.adjust_day(principal.org_id, window_id, date, body.status, body.max_slots,
-                                               meta(request, principal))
-    return ok(outcome.data, position=outcome.position)
+    return answer(await commands.update_window_day(runtime.handler, principal.org_id, request.match_info["window_id"],
+                                                   request.match_info["date"], body, meta(request, principal)))
 
 
 async def regenerate(request, runtime: Runtime, principal: Principal, body: Regenerate) -> web.Response:
@@ -202,16 +169,12 @@ async def regenerate(request, runtime: Runtime, principal: Principal, body: Rege
 
 # -- appointments --------------------------------------------------------------------------------------
 
-def _written(outcome) -> dict[str, Any]:
-    return {**outcome.data, "position": outcome.position}
-
-
 async def create_appointment(request, runtime: Runtime, principal: Principal, body: CreateAppointment) -> web.Response:
-    outcome = await runtime.handler.create_appointment(principal.org_id, body.model_dump(), meta(request, principal))
+    outcome = await commands.create_appointment(runtime.handler, principal.org_id, body, meta(request, principal))
     top: dict[str, Any] = {"appointment_id": outcome.data["appointment_id"], "token": outcome.data["token"]}
     if outcome.idempotent:
         top = {"idempotent": True, **top}
-    return ok(_written(outcome), outcome.status, outcome.position, **top)
+    return answer(outcome, **top)
 
 
 async def get_appointment(request, runtime: Runtime, principal: Principal, query: ReadQuery) -> web.Response:
@@ -225,15 +188,9 @@ async def get_appointment(request, runtime: Runtime, principal: Principal, query
 
 
 async def update_appointment(request, runtime: Runtime, principal: Principal, body: UpdateAppointment) -> web.Response:
-    patch = body.model_dump(exclude_unset=True)
-    for name, value in patch.items():
-        if value is None and name in ("appointment_date", "status"):
-            raise validation(name, "must not be null")
-    if isinstance(patch.get("follow_up_date"), dt.date):
-        patch["follow_up_date"] = patch["follow_up_date"].isoformat()
-    outcome = await runtime.handler.update_appointment(principal.org_id, request.match_info["appointment_id"], patch,
-                                                       meta(request, principal))
-    return ok(_written(outcome), position=outcome.position)
+    return answer(await commands.update_appointment(runtime.handler, principal.org_id,
+                                                    request.match_info["appointment_id"], body,
+                                                    meta(request, principal)))
 
 
 async def search_appointments(request, runtime: Runtime, principal: Principal, query: SearchQuery) -> web.Response:

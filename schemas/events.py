@@ -1,0 +1,169 @@
+"""The payload (`data`) of every event type, versioned. The JSON Schemas consumers get are generated from these
+models (`slotledger schemas export`), and a test holds them to what the domain actually writes."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.http import AppointmentRecord, GeneralSettings, Session, Status, WindowOut
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OrgCreated(Payload):
+    org_id: str
+    name: str
+    settings: GeneralSettings
+
+
+class SettingChanges(Payload):
+    enabled: bool | None = None
+    timezone: str | None = None
+    buffer_time_minutes: int | None = None
+    max_advance_booking_days: int | None = None
+    min_notice_hours: float | None = None
+    allow_reschedule: bool | None = None
+    allow_cancellation: bool | None = None
+    cancellation_notice_hours: float | None = None
+    prevent_duplicate_bookings: bool | None = None
+    token_numbering: bool | None = None
+    require_cancellation_reason: bool | None = None
+    require_diagnosis_on_complete: bool | None = None
+
+
+class OrgSettingsChanged(Payload):
+    changes: SettingChanges
+
+
+class ServiceAdded(Payload):
+    service_id: str
+    name: str
+    duration_minutes: int
+
+
+class BranchAdded(Payload):
+    branch_id: str
+    name: str
+
+
+class WindowCreated(Payload):
+    window: WindowOut
+
+
+class WindowChanges(Payload):
+    start_time: str | None = None
+    end_time: str | None = None
+    max_slots: int | None = None
+    batch: str | None = None
+    status: Literal["OPEN", "CLOSED"] | None = None
+
+
+class WindowChanged(Payload):
+    window_id: str
+    changes: WindowChanges
+
+
+class WindowDisabled(Payload):
+    window_id: str
+
+
+class WindowDayAdjusted(Payload):
+    """One date of a window closed, reopened, or given its own capacity."""
+    window_id: str
+    date: dt.date
+    status: Literal["OPEN", "CLOSED"] | None = None
+    max_slots: int | None = None
+
+
+class AppointmentBooked(Payload):
+    appointment: AppointmentRecord
+
+
+class PreviousPlace(Payload):
+    window_id: str
+    date: dt.date
+    appointment_date: str
+    session: Session
+    batch: str | None
+    token: int | None
+    status: Status
+
+
+class AppointmentRescheduled(Payload):
+    """Appended to the target window-day; `appointment` is the whole record at its new place."""
+    appointment: AppointmentRecord
+    previous: PreviousPlace
+
+
+class AppointmentMovedOut(Payload):
+    """Appended to the source window-day when a reschedule leaves it: its capacity is freed there."""
+    appointment_id: str
+    to_stream: str
+    updated_at: str
+
+
+class DetailChanges(Payload):
+    assigned_doctor: str | None = None
+    notes: str | None = None
+    session: Session | None = None
+    batch: str | None = None
+    diagnosis: str | None = None
+    prescription: str | None = None
+    follow_up_required: bool | None = None
+    follow_up_date: dt.date | None = None
+    duration_minutes: int | None = None
+
+
+class AppointmentDetailsChanged(Payload):
+    appointment_id: str
+    changes: DetailChanges
+    updated_at: str
+
+
+class StatusChanges(Payload):
+    cancellation_reason: str | None = None
+    cancelled_at: str | None = None
+    completed_at: str | None = None
+
+
+class AppointmentStatusChanged(Payload):
+    appointment_id: str
+    status: Status
+    previous_status: Status
+    changes: StatusChanges
+    updated_at: str
+
+
+class NotificationRequested(Payload):
+    """The caller asked (`send_notification`) that the patient be told of this change; a consumer sends it."""
+    appointment_id: str
+    reason: str = Field(description="The event type that prompted it, e.g. appointment.status_changed")
+    channel_hint: str | None = None
+
+
+# Event type → (schema version → payload model). A new version of a payload is added here, never edited.
+EVENT_PAYLOADS: dict[str, dict[int, type[Payload]]] = {
+    "org.created": {1: OrgCreated},
+    "org.settings_changed": {1: OrgSettingsChanged},
+    "service.added": {1: ServiceAdded},
+    "branch.added": {1: BranchAdded},
+    "window.created": {1: WindowCreated},
+    "window.changed": {1: WindowChanged},
+    "window.disabled": {1: WindowDisabled},
+    "window_day.adjusted": {1: WindowDayAdjusted},
+    "appointment.booked": {1: AppointmentBooked},
+    "appointment.rescheduled": {1: AppointmentRescheduled},
+    "appointment.moved_out": {1: AppointmentMovedOut},
+    "appointment.details_changed": {1: AppointmentDetailsChanged},
+    "appointment.status_changed": {1: AppointmentStatusChanged},
+    "appointment.notification_requested": {1: NotificationRequested},
+}
+
+
+def cloud_type(event_type: str, version: int) -> str:
+    """`appointment.booked`, v1 → `slotledger.appointment.booked.v1`."""
+    return f"slotledger.{event_type}.v{version}"

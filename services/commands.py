@@ -1,0 +1,117 @@
+"""Every write, as a command: the one code path the HTTP gateway and the Kafka ingestor share, from a validated
+body to an Outcome whose `data` is exactly what the caller is answered with."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Awaitable, Callable
+
+from domain import catalog as cat
+from domain.errors import DomainError, validation
+from schemas import kafka as k
+from schemas.http import CreateAppointment, CreateBranch, CreateService, CreateWindow, SettingsPatch, \
+    UpdateAppointment, UpdateWindow, UpdateWindowDay
+from services.handler import CommandHandler, Meta, Outcome
+
+
+# -- configuration -------------------------------------------------------------------------------------
+
+async def change_settings(handler: CommandHandler, org_id: str, body: SettingsPatch, meta: Meta) -> Outcome:
+    changes = body.model_dump(exclude_unset=True)
+    if not changes:
+        raise DomainError("VALIDATION_ERROR", "no valid field to update",
+                          {"body": "give at least one of " + ", ".join(cat.SETTING_NAMES)})
+    if any(v is None for v in changes.values()):
+        raise validation(next(k for k, v in changes.items() if v is None), "must not be null")
+    return await handler.configure(org_id, f"org-{org_id}", lambda c: cat.change_settings(c, changes), meta,
+                                   lambda c: {"general": c.settings.as_dict()})
+
+
+async def create_service(handler: CommandHandler, org_id: str, body: CreateService, meta: Meta) -> Outcome:
+    service_id = cat.new_id()
+    return await handler.configure(org_id, f"service-{service_id}",
+                                   lambda c: cat.add_service(c, service_id, body.name, body.duration_minutes), meta,
+                                   lambda c: vars(c.services[service_id]), status=201)
+
+
+async def create_branch(handler: CommandHandler, org_id: str, body: CreateBranch, meta: Meta) -> Outcome:
+    branch_id = cat.new_id()
+    return await handler.configure(org_id, f"branch-{branch_id}", lambda c: cat.add_branch(c, branch_id, body.name),
+                                   meta, lambda c: vars(c.branches[branch_id]), status=201)
+
+
+async def create_window(handler: CommandHandler, org_id: str, body: CreateWindow, meta: Meta) -> Outcome:
+    window = cat.Window(window_id=cat.new_id(), **body.model_dump())
+    return await handler.configure(org_id, f"window-{window.window_id}", lambda c: cat.create_window(c, window),
+                                   meta, lambda c: c.windows[window.window_id].as_dict(), status=201)
+
+
+async def update_window(handler: CommandHandler, org_id: str, window_id: str, body: UpdateWindow,
+                        meta: Meta) -> Outcome:
+    changes = {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None}
+    if not changes:
+        raise DomainError("VALIDATION_ERROR", "no valid field to update",
+                          {"body": "give start_time, end_time, max_slots, batch or status"})
+    return await handler.configure(org_id, f"window-{window_id}", lambda c: cat.change_window(c, window_id, changes),
+                                   meta, lambda c: c.windows[window_id].as_dict())
+
+
+async def disable_window(handler: CommandHandler, org_id: str, window_id: str, meta: Meta) -> Outcome:
+    return await handler.configure(org_id, f"window-{window_id}", lambda c: cat.disable_window(c, window_id), meta,
+                                   lambda c: c.windows[window_id].as_dict())
+
+
+async def update_window_day(handler: CommandHandler, org_id: str, window_id: str, date: str, body: UpdateWindowDay,
+                            meta: Meta) -> Outcome:
+    try:
+        dt.date.fromisoformat(date)
+    except ValueError:
+        raise validation("date", "must be a date YYYY-MM-DD") from None
+    return await handler.adjust_day(org_id, window_id, date, body.status, body.max_slots, meta)
+
+
+# -- appointments --------------------------------------------------------------------------------------
+
+async def create_appointment(handler: CommandHandler, org_id: str, body: CreateAppointment, meta: Meta) -> Outcome:
+    return await handler.create_appointment(org_id, body.model_dump(), meta)
+
+
+async def update_appointment(handler: CommandHandler, org_id: str, appointment_id: str, body: UpdateAppointment,
+                             meta: Meta) -> Outcome:
+    patch = body.model_dump(exclude_unset=True)
+    for name, value in patch.items():
+        if value is None and name in ("appointment_date", "status"):
+            raise validation(name, "must not be null")
+    if isinstance(patch.get("follow_up_date"), dt.date):
+        patch["follow_up_date"] = patch["follow_up_date"].isoformat()
+    return await handler.update_appointment(org_id, appointment_id, patch, meta)
+
+
+async def _with_status(handler: CommandHandler, org_id: str, appointment_id: str, status: str,
+                       body: k.CancelAppointment | k.CompleteAppointment, meta: Meta) -> Outcome:
+    fields = body.model_dump(exclude_unset=True)
+    return await update_appointment(handler, org_id, appointment_id,
+                                    UpdateAppointment.model_validate({**fields, "status": status}), meta)
+
+
+# -- Kafka: one envelope type → one of the commands above ------------------------------------------------
+
+Dispatch = Callable[[CommandHandler, Any, Meta], Awaitable[Outcome]]
+
+BY_TYPE: dict[str, Dispatch] = {
+    "create_appointment": lambda h, c, m: create_appointment(h, str(c.org_id), c.payload, m),
+    "update_appointment": lambda h, c, m: update_appointment(h, str(c.org_id), c.appointment_id, c.payload, m),
+    "cancel_appointment": lambda h, c, m: _with_status(h, str(c.org_id), c.appointment_id, "cancelled", c.payload,
+                                                       m),
+    "complete_appointment": lambda h, c, m: _with_status(h, str(c.org_id), c.appointment_id, "completed",
+                                                         c.payload, m),
+    "create_window": lambda h, c, m: create_window(h, str(c.org_id), c.payload, m),
+    "update_window": lambda h, c, m: update_window(h, str(c.org_id), c.window_id, c.payload, m),
+    "disable_window": lambda h, c, m: disable_window(h, str(c.org_id), c.window_id, m),
+    "update_window_day": lambda h, c, m: update_window_day(h, str(c.org_id), c.window_id, c.date.isoformat(),
+                                                           c.payload, m),
+}
+assert set(BY_TYPE) == set(k.COMMAND_TYPES), "every Kafka command type needs a dispatch"
+
+
+async def execute(handler: CommandHandler, command: Any, meta: Meta) -> Outcome:
+    return await BY_TYPE[command.type](handler, command, meta)
