@@ -184,6 +184,26 @@ def cmd_projections_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events_tail(args: argparse.Namespace) -> int:
+    from services.tail import tail
+
+    settings = settings_for_cli()
+    if not settings.kafka_bootstrap:
+        print("slotledger: no Kafka: set SLOTLEDGER_KAFKA_BOOTSTRAP or start `slotledger up` here", file=sys.stderr)
+        return 1
+    return asyncio.run(tail(settings, args.from_beginning, args.type or [], args.max, args.json, sys.stdout))
+
+
+def cmd_schemas_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from schemas.export import OUT, export
+
+    changed = export(Path(args.dir) if args.dir else OUT)
+    print("\n".join(f"wrote {path}" for path in changed) or "schemas are up to date")
+    return 0
+
+
 def _require_database() -> Settings:
     settings = settings_for_cli()
     if not settings.database_url:
@@ -221,6 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = projections.add_parser("rebuild", help="replay the log into read models")
     rebuild.add_argument("name", nargs="?", help="one projection (default: all)")
     rebuild.set_defaults(func=cmd_projections_rebuild)
+    events = sub.add_parser("events", help="the events topic").add_subparsers(dest="action", required=True)
+    events_tail = events.add_parser("tail", help="print events from <prefix>.events, one line each")
+    events_tail.add_argument("--from-beginning", action="store_true", help="start at the oldest event, not the newest")
+    events_tail.add_argument("--type", action="append", metavar="T",
+                             help="only this type, e.g. appointment.booked or appointment (repeatable)")
+    events_tail.add_argument("--max", type=int, metavar="N", help="stop after N events")
+    events_tail.add_argument("--json", action="store_true", help="print each CloudEvent as JSON")
+    events_tail.set_defaults(func=cmd_events_tail)
+    schemas = sub.add_parser("schemas", help="JSON Schemas for Kafka consumers").add_subparsers(dest="action",
+                                                                                                required=True)
+    export = schemas.add_parser("export", help="regenerate schemas/json from the models")
+    export.add_argument("dir", nargs="?", help="write here instead of the package's schemas/json")
+    export.set_defaults(func=cmd_schemas_export)
     return parser
 
 

@@ -9,14 +9,34 @@ from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient
 
 from services.handler import CommandHandler
+from services.ingestor import Ingestor
 from services.keys import KeyRing
 from services.logs import log
 from services.projector import ProjectorRunner, wait_for_position
+from services.relay import Relay
 from services.settings import Settings
 from services.store.eventstore import EventStore, LogWaker, create_pool
 from services.store.migrate import migrate
 
 COMPONENTS = ("gateway", "projectors", "ingestor", "relay")
+
+
+async def ensure_topics(admin: AIOKafkaAdminClient, settings: Settings) -> None:
+    """Create the service's topics when the cluster lacks them (clusters that forbid this provision them)."""
+    from aiokafka.admin import NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    from services.local.stack import TOPICS
+
+    existing = set(await admin.list_topics())
+    missing = [settings.topic(name) for name in TOPICS if settings.topic(name) not in existing]
+    if not missing:
+        return
+    try:
+        await admin.create_topics([NewTopic(t, settings.topic_partitions, settings.topic_replication)
+                                   for t in missing])
+    except TopicAlreadyExistsError:
+        pass
 
 
 @dataclass
@@ -30,6 +50,8 @@ class Runtime:
     keys: KeyRing | None = None
     projectors: ProjectorRunner | None = None
     kafka_admin: AIOKafkaAdminClient | None = None
+    ingestor: Ingestor | None = None
+    relay: Relay | None = None
     http_url: str | None = None
     _runner: web.AppRunner | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -52,9 +74,20 @@ class Runtime:
         self.projectors = ProjectorRunner(self.pool, self.store, self.waker, s.poll_interval_seconds)
         if "projectors" in self.components:
             self._tasks.extend(self.projectors.tasks())
-        if s.kafka_bootstrap and "gateway" in self.components:  # readiness reports on the broker
+        kafka_parts = {"ingestor", "relay"} & set(self.components)
+        if kafka_parts and not s.kafka_bootstrap:
+            raise RuntimeError(f"{', '.join(sorted(kafka_parts))} need SLOTLEDGER_KAFKA_BOOTSTRAP")
+        if s.kafka_bootstrap and ("gateway" in self.components or kafka_parts):
             self.kafka_admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=5000)
             await self.kafka_admin.start()
+            if kafka_parts:
+                await ensure_topics(self.kafka_admin, s)
+        if "relay" in self.components:
+            self.relay = Relay(s, self.pool, self.store, self.waker)
+            await self.relay.start()
+        if "ingestor" in self.components:
+            self.ingestor = Ingestor(s, self.pool, self.handler)
+            await self.ingestor.start()
         if "gateway" in self.components:
             from services.gateway.app import build_app
 
@@ -89,6 +122,10 @@ class Runtime:
         return await wait_for_position(self.pool, self.store, name, position, self.settings.read_wait_seconds)
 
     async def stop(self) -> None:
+        if self.ingestor is not None:  # first: it finishes and commits the batch in hand
+            await self.ingestor.stop()
+        if self.relay is not None:
+            await self.relay.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -14,6 +14,8 @@ class Settings(BaseSettings):
     database_schema: str = "public"
     kafka_bootstrap: str | None = None  # unset: `up` starts a local broker
     topic_prefix: str = "slotledger"
+    topic_partitions: int = 4  # for topics the service creates itself
+    topic_replication: int = 1
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     state_dir: Path = Path(".slotledger")  # local stack data and its endpoints file

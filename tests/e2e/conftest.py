@@ -24,6 +24,16 @@ async def runtime(pg_url, schema):
     await rt.stop()
 
 
+@pytest.fixture
+async def kafka_runtime(pg_url, schema, kafka_bootstrap, topic_prefix):
+    settings = Settings(database_url=pg_url, database_schema=schema, http_port=0, kafka_bootstrap=kafka_bootstrap,
+                        topic_prefix=topic_prefix, poll_interval_seconds=0.2)
+    rt = Runtime(settings)  # gateway, projectors, ingestor and relay
+    await rt.start()
+    yield rt
+    await rt.stop()
+
+
 @dataclass
 class Api:
     """A client for one org, with a key holding every scope unless told otherwise."""

@@ -1,0 +1,290 @@
+"""The Kafka ingestor: commands from <prefix>.commands through the same command code as HTTP, one result per
+command on <prefix>.command-results, anything unreadable to <prefix>.commands.dlq.
+
+A fetched batch is decided concurrently, one lane per routing key (the message key), so one window-day's
+commands keep their order; results and dead letters are produced and acknowledged before the batch's offsets
+are committed. A command's effect and its result commit in one transaction (`command_results`), so a
+redelivery after a crash or a rebalance, or a republished command_id, gets the same result and no second effect.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from prometheus_client import Counter
+from pydantic import ValidationError
+
+from domain.errors import DomainError
+from schemas.kafka import COMMAND, COMMAND_TYPES, CommandResult
+from services import commands
+from services.handler import CommandAlreadyApplied, CommandHandler, Meta
+from services.logs import log
+from services.settings import Settings
+
+COMMANDS = Counter("slotledger_kafka_commands_total", "Kafka commands by result", ["type", "ok"])
+DEAD_LETTERS = Counter("slotledger_kafka_dead_letters_total", "Kafka messages dead-lettered", ["reason"])
+
+# Infrastructure trouble: the batch is retried from its first offset, nothing is dead-lettered.
+_TRANSIENT = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+              asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+
+
+@dataclass
+class DeadLetter:
+    reason: str
+    error: str
+    command_id: str | None = None
+
+
+@dataclass
+class _Item:
+    """One message of a batch and what became of it."""
+    record: ConsumerRecord
+    command: Any = None
+    dead: DeadLetter | None = None
+    result: dict[str, Any] | None = None
+    stored: bool = False  # the result is already in command_results
+
+
+def decode(value: bytes | None) -> Any | DeadLetter:
+    """The message's command, or why it is a dead letter."""
+    if value is None:
+        return DeadLetter("schema_invalid", "the message has no value (a tombstone)")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return DeadLetter("undecodable", f"the value is not UTF-8: {exc}")
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        return DeadLetter("invalid_json", f"the value is not JSON: {exc}")
+    command_id = _command_id(raw)
+    if not isinstance(raw, dict):
+        return DeadLetter("schema_invalid", "the value must be a JSON object", command_id)
+    if "type" in raw and raw["type"] not in COMMAND_TYPES:
+        return DeadLetter("unknown_command_type", f"unknown command type {raw['type']!r}; known: "
+                          + ", ".join(COMMAND_TYPES), command_id)
+    try:
+        return COMMAND.validate_python(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors())
+        return DeadLetter("schema_invalid", problems, command_id)
+
+
+def _command_id(raw: Any) -> str | None:
+    try:
+        return str(uuid.UUID(str(raw["command_id"])))
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None
+
+
+@dataclass
+class Ingestor:
+    settings: Settings
+    pool: asyncpg.Pool
+    handler: CommandHandler
+    max_batch: int = 1000
+    lanes: int = 16  # routing keys decided at once
+    _consumer: AIOKafkaConsumer | None = None
+    _producer: AIOKafkaProducer | None = None
+    _batch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _stopping: bool = False
+    _task: asyncio.Task | None = None
+
+    @property
+    def topic(self) -> str:
+        return self.settings.topic("commands")
+
+    async def start(self) -> None:
+        s = self.settings
+        self._producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, enable_idempotence=True,
+                                          acks="all", linger_ms=2)
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap, group_id=s.topic("ingestor"), enable_auto_commit=False,
+            auto_offset_reset="earliest", max_poll_records=self.max_batch, isolation_level="read_committed")
+        self._consumer.subscribe([self.topic], listener=_FinishBatchFirst(self._batch_lock))
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name="ingestor")
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                batches = await self._consumer.getmany(timeout_ms=200, max_records=self.max_batch)
+            except Exception as exc:  # the client reconnects by itself; keep asking
+                log.warning("fetching commands failed; retrying", error=repr(exc))
+                await asyncio.sleep(0.5)
+                continue
+            if not batches:
+                continue
+            async with self._batch_lock:
+                try:
+                    await self._process([r for records in batches.values() for r in records])
+                    await self._consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+                except Exception as exc:  # the batch is redelivered: its effects are recorded, so none repeats
+                    log.warning("command batch failed; retrying it", error=repr(exc))
+                    for tp, records in batches.items():
+                        if tp in self._consumer.assignment():
+                            self._consumer.seek(tp, records[0].offset)
+                    await asyncio.sleep(0.5)
+
+    async def stop(self) -> None:
+        """Finish the batch in hand (its results are produced and its offsets committed), then leave the group."""
+        self._stopping = True
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 30)
+            except asyncio.TimeoutError:
+                log.warning("the ingestor did not finish its batch in 30 s; its commands will be redelivered")
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    # -- one batch ---------------------------------------------------------------------------------------
+    async def _process(self, records: list[ConsumerRecord]) -> None:
+        items = [_Item(record) for record in records]
+        for item in items:
+            decoded = decode(item.record.value)
+            if isinstance(decoded, DeadLetter):
+                item.dead = decoded
+                if decoded.command_id:  # the producer is waiting for this command_id: tell it, too
+                    item.result = CommandResult.refused(decoded.command_id, 400, "VALIDATION_ERROR",
+                                                        f"the command was dead-lettered ({decoded.reason})",
+                                                        {"reason": decoded.reason, "error": decoded.error}).as_json()
+            else:
+                item.command = decoded
+        await self._recall(items)
+        await self._decide(items)
+        await self._store_results(items)
+        await self._publish(items)
+
+    async def _recall(self, items: list[_Item]) -> None:
+        """Commands already processed (redelivered or republished) get their stored result again."""
+        ids = [item.command.command_id for item in items if item.command is not None]
+        if not ids:
+            return
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT command_id, result FROM command_results WHERE command_id = ANY($1)", ids)
+        known = {row["command_id"]: row["result"] for row in rows}
+        for item in items:
+            if item.command is not None and item.command.command_id in known:
+                item.result, item.stored = known[item.command.command_id], True
+
+    async def _decide(self, items: list[_Item]) -> None:
+        lanes: dict[Any, list[_Item]] = {}
+        lane_of_command: dict[uuid.UUID, Any] = {}
+        for item in items:
+            if item.command is None or item.result is not None:
+                continue
+            # The routing key orders a window-day's commands; a repeated command_id joins its first lane.
+            lane = lane_of_command.setdefault(item.command.command_id, item.record.key or item.command.command_id)
+            lanes.setdefault(lane, []).append(item)
+        gate = asyncio.Semaphore(self.lanes)
+
+        async def run_lane(lane_items: list[_Item]) -> None:
+            async with gate:
+                done: dict[uuid.UUID, _Item] = {}
+                for item in lane_items:
+                    first = done.get(item.command.command_id)
+                    if first is not None:
+                        item.result, item.stored = first.result, True
+                        continue
+                    await self._execute(item)
+                    done[item.command.command_id] = item
+
+        await asyncio.gather(*(run_lane(lane) for lane in lanes.values()))
+
+    async def _execute(self, item: _Item) -> None:
+        command = item.command
+        command_id = str(command.command_id)
+        meta = Meta(command_id=command_id, actor="kafka")
+        with structlog.contextvars.bound_contextvars(command_id=command_id, command_type=command.type):
+            try:
+                outcome = await commands.execute(self.handler, command, meta)
+                item.result = CommandResult.of(command_id, outcome.status, outcome.data, outcome.position,
+                                               outcome.idempotent).as_json()
+                item.stored = outcome.position is not None  # recorded with its events
+            except DomainError as exc:
+                item.result = CommandResult.refused(command_id, exc.status, exc.code, exc.message, exc.details,
+                                                    exc.extra).as_json()
+            except CommandAlreadyApplied:
+                async with self.pool.acquire() as conn:
+                    item.result = await conn.fetchval("SELECT result FROM command_results WHERE command_id = $1",
+                                                      command.command_id)
+                item.stored = True
+            except _TRANSIENT:
+                raise
+            except Exception as exc:  # a bug must not stop the stream: this command is set aside, loudly
+                log.exception("command failed unexpectedly; dead-lettering it")
+                item.dead = DeadLetter("processing_failed", repr(exc), command_id)
+                item.result = CommandResult.refused(command_id, 500, "INTERNAL_ERROR", "the command could not be "
+                                                    "processed; it has been logged and dead-lettered").as_json()
+                item.stored = True  # not remembered: a retry after a fix may succeed
+        COMMANDS.labels(command.type, str(item.result["ok"]).lower()).inc()
+
+    async def _store_results(self, items: list[_Item]) -> None:
+        """Results without an effect (refusals, idempotent replays) are remembered too, so a republished command
+        is answered the same way even if the world changed meanwhile. If another delivery stored one first,
+        that one is the answer."""
+        fresh = [i for i in items if i.command is not None and i.result is not None and not i.stored]
+        if not fresh:
+            return
+        async with self.pool.acquire() as conn:
+            inserted = {row["command_id"] for row in await conn.fetch(
+                "INSERT INTO command_results (command_id, org_id, result)"
+                " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::jsonb[]) ON CONFLICT (command_id) DO NOTHING"
+                " RETURNING command_id",
+                [i.command.command_id for i in fresh], [i.command.org_id for i in fresh],
+                [i.result for i in fresh])}
+            lost = [i.command.command_id for i in fresh if i.command.command_id not in inserted]
+            if lost:
+                rows = await conn.fetch("SELECT command_id, result FROM command_results WHERE command_id = ANY($1)",
+                                        lost)
+                earlier = {row["command_id"]: row["result"] for row in rows}
+                for item in fresh:
+                    item.result = earlier.get(item.command.command_id, item.result)
+
+    async def _publish(self, items: list[_Item]) -> None:
+        s = self.settings
+        sends = []
+        for item in items:
+            record = item.record
+            if item.dead is not None:
+                DEAD_LETTERS.labels(item.dead.reason).inc()
+                log.warning("dead letter", reason=item.dead.reason, error=item.dead.error, partition=record.partition,
+                            offset=record.offset)
+                headers = list(record.headers or ()) + [
+                    ("dlq.reason", item.dead.reason.encode()), ("dlq.error", item.dead.error[:4000].encode()),
+                    ("dlq.topic", record.topic.encode()), ("dlq.partition", str(record.partition).encode()),
+                    ("dlq.offset", str(record.offset).encode())]
+                if item.dead.command_id:
+                    headers.append(("dlq.command_id", item.dead.command_id.encode()))
+                sends.append(await self._producer.send(s.topic("commands.dlq"), value=record.value, key=record.key,
+                                                       headers=headers))
+            if item.result is not None:
+                sends.append(await self._producer.send(
+                    s.topic("command-results"), value=json.dumps(item.result).encode(),
+                    key=str(item.result["command_id"]).encode()))
+        await asyncio.gather(*sends)  # acknowledged by the broker before the offsets move
+
+
+class _FinishBatchFirst(ConsumerRebalanceListener):
+    """Partitions are given up only between batches, so the batch in hand is committed by its owner."""
+
+    def __init__(self, lock: asyncio.Lock):
+        self.lock = lock
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self.lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        pass
