@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.http import AppointmentRecord, GeneralSettings, Session, Status, WindowOut
+from schemas.http import AppointmentRecord, GeneralSettings, Session, SettingsPatch, Status, UpdateWindow, WindowOut
 
 
 class Payload(BaseModel):
@@ -20,23 +20,8 @@ class OrgCreated(Payload):
     settings: GeneralSettings
 
 
-class SettingChanges(Payload):
-    enabled: bool | None = None
-    timezone: str | None = None
-    buffer_time_minutes: int | None = None
-    max_advance_booking_days: int | None = None
-    min_notice_hours: float | None = None
-    allow_reschedule: bool | None = None
-    allow_cancellation: bool | None = None
-    cancellation_notice_hours: float | None = None
-    prevent_duplicate_bookings: bool | None = None
-    token_numbering: bool | None = None
-    require_cancellation_reason: bool | None = None
-    require_diagnosis_on_complete: bool | None = None
-
-
 class OrgSettingsChanged(Payload):
-    changes: SettingChanges
+    changes: SettingsPatch
 
 
 class ServiceAdded(Payload):
@@ -54,17 +39,9 @@ class WindowCreated(Payload):
     window: WindowOut
 
 
-class WindowChanges(Payload):
-    start_time: str | None = None
-    end_time: str | None = None
-    max_slots: int | None = None
-    batch: str | None = None
-    status: Literal["OPEN", "CLOSED"] | None = None
-
-
 class WindowChanged(Payload):
     window_id: str
-    changes: WindowChanges
+    changes: UpdateWindow
 
 
 class WindowDisabled(Payload):
