@@ -25,7 +25,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "in_progress": frozenset({"completed"}),
 }
 STATUSES = ("confirmed", "rescheduled", "in_progress", "completed", "cancelled", "no_show")
-DETAIL_FIELDS = ("assigned_doctor", "notes", "session", "batch", "diagnosis", "prescription",
+DETAIL_FIELDS = ("assigned_doctor", "notes", "reason", "session", "batch", "diagnosis", "prescription",
                  "follow_up_required", "follow_up_date", "duration_minutes")
 PATCH_FIELDS = ("appointment_date", "status", "cancellation_reason", "send_notification", *DETAIL_FIELDS)
 
@@ -206,6 +206,7 @@ def book(catalog: Catalog, day: WindowDay, placement: Placement, request: dict[s
         "external_reference_id": request.get("external_reference_id"),
         "appointment_date": iso_utc(placement.start),
         "notes": request.get("notes"),
+        "reason": request.get("reason"),
         "duration_minutes": request.get("duration_minutes") or placement.service.duration_minutes,
         "cancellation_reason": None,
         "cancelled_at": None,

@@ -86,6 +86,7 @@ class AppointmentMovedOut(Payload):
 class DetailChanges(Payload):
     assigned_doctor: str | None = None
     notes: str | None = None
+    reason: str | None = None
     session: Session | None = None
     batch: str | None = None
     diagnosis: str | None = None

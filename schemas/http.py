@@ -28,6 +28,7 @@ class CreateAppointment(Strict):
     assigned_doctor: str | None = Field(default=None, max_length=200)
     external_reference_id: str | None = Field(default=None, min_length=1, max_length=200)
     notes: str | None = Field(default=None, max_length=4000)
+    reason: str | None = Field(default=None, max_length=1000, description="Why the patient is coming (SaludYa)")
     duration_minutes: int | None = Field(default=None, gt=0, le=1440)
 
 
@@ -36,6 +37,7 @@ class UpdateAppointment(Strict):
     status: Status | None = None
     assigned_doctor: str | None = Field(default=None, max_length=200)
     notes: str | None = Field(default=None, max_length=4000)
+    reason: str | None = Field(default=None, max_length=1000)
     session: Session | None = None
     batch: str | None = Field(default=None, max_length=40)
     cancellation_reason: str | None = Field(default=None, max_length=1000)
@@ -64,6 +66,7 @@ class AppointmentRecord(BaseModel):
     external_reference_id: str | None
     appointment_date: str
     notes: str | None
+    reason: str | None = None
     duration_minutes: int | None
     cancellation_reason: str | None
     cancelled_at: str | None

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from schemas.http import CreateAppointment, CreateWindow, Strict, UpdateAppointment, UpdateWindow, UpdateWindowDay
+from schemas.http import CreateAppointment, ErrorBody, CreateWindow, Strict, UpdateAppointment, UpdateWindow, UpdateWindowDay
 
 
 # -- commands: <prefix>.commands ---------------------------------------------------------------------------
@@ -102,12 +102,6 @@ COMMAND_TYPES: tuple[str, ...] = tuple(c.model_fields["type"].annotation.__args_
 
 
 # -- results: <prefix>.command-results ---------------------------------------------------------------------
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    details: dict[str, Any] = Field(default_factory=dict)
-
 
 class CommandResult(BaseModel):
     """One per command, keyed by command_id. `status` is what the HTTP API would have answered."""

@@ -14,16 +14,17 @@ import string
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable
 
 import asyncpg
 
 from domain import catalog as cat
+from domain import doctors
 from domain import events as ev
 from domain import windowday as wd
 from domain.errors import DomainError, not_found
-from domain.timerules import parse_day, parse_instant
+from domain.timerules import local, parse_day, parse_instant
 from schemas.kafka import CommandResult
 from services.store.eventstore import Append, ConcurrencyError, EventStore, NewEvent, StoredEvent
 
@@ -269,7 +270,13 @@ class CommandHandler:
                               conn)
         appointment_id = new_appointment_id()
         events = wd.book(catalog, day, placement, request, appointment_id, self.clock(), row["duplicate"])
+        doctor = doctors.doctor_time(events[0].appointment, catalog)
+        if doctor is not None:
+            await self._check_doctor(conn, org_id, catalog, doctor, placement.service.service_id,
+                                     placement.branch.branch_id)
+
         async def write() -> Outcome:
+            await self._hold_doctor(conn, org_id, appointment_id, None, doctor)
             await conn.execute("INSERT INTO appointment_streams VALUES ($1, $2, $3)", appointment_id,
                                uuid.UUID(org_id), placement.stream_id)
             if ref:
@@ -360,17 +367,72 @@ class CommandHandler:
         days = {source.stream_id: source}
         if target is not None:
             days[target.stream_id] = target
+        home = target or source
+        after = doctors.record_after(appointment, by_stream.get(home.stream_id, []))
+        doctor_before, doctor_after = doctors.doctor_time(appointment, catalog), doctors.doctor_time(after, catalog)
+        doctor_moved = _span(doctor_before) != _span(doctor_after)
+        if doctor_moved and doctor_after is not None:
+            await self._check_doctor(conn, org_id, catalog, doctor_after, appointment["appointment_type"],
+                                     appointment["branch_id"])
 
         async def write() -> Outcome:
+            if doctor_moved:
+                await self._hold_doctor(conn, org_id, appointment_id, doctor_before, doctor_after)
             stored = await self._append(conn, org_id, {s: (days[s].version, e) for s, e in by_stream.items()}, meta)
             await self._claims(conn, org_id, catalog, appointment, by_stream, phone)
             for stream, events in by_stream.items():
                 _fold(days[stream], events)
-            outcome = written(200, (target or source).appointments[appointment_id], stored[-1].position)
+            outcome = written(200, home.appointments[appointment_id], stored[-1].position)
             await self._remember(conn, org_id, meta, outcome)
             return outcome
 
         return await self._commit(conn, list(days.values()), write)
+
+    async def _busy(self, conn: asyncpg.Connection, org_id: str, around: doctors.DoctorTime) -> list[
+            doctors.DoctorTime]:
+        """The doctor's committed appointments from a day before to a day after `around`."""
+        rows = await conn.fetch(
+            "SELECT appointment_id, starts_at, ends_at FROM doctor_bookings WHERE org_id = $1 AND doctor = $2"
+            " AND starts_at < $4 AND ends_at > $3", uuid.UUID(org_id), around.doctor,
+            around.start - timedelta(days=1), around.end + timedelta(days=1))
+        return [doctors.DoctorTime(r["appointment_id"], around.doctor, r["starts_at"], r["ends_at"]) for r in rows]
+
+    async def _check_doctor(self, conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog,
+                            wanted: doctors.DoctorTime, service_id: str, branch_id: str) -> None:
+        """409 APPOINTMENT_CONFLICT, with the doctor's next bookable starts, when the doctor is taken."""
+        busy = await self._busy(conn, org_id, wanted)
+        clash = doctors.first_clash(wanted, busy)
+        if clash is None:
+            return
+        local_date = local(wanted.start, catalog.settings.timezone).date()
+        days = {}
+        for window in catalog.windows.values():
+            if window.branch_id == branch_id and window.occurs_on(local_date):
+                stream = wd.stream_id(window.window_id, local_date)
+                days[stream] = await self._day(stream, window.window_id, local_date.isoformat(), conn)
+        raise doctors.conflict(clash, doctors.suggest_times(catalog, service_id, branch_id, wanted, busy, days,
+                                                            self.clock()))
+
+    async def _hold_doctor(self, conn: asyncpg.Connection, org_id: str, appointment_id: str,
+                           before: doctors.DoctorTime | None, after: doctors.DoctorTime | None) -> None:
+        """In the write transaction: claim the doctor's time, or give it back. The per-doctor lock (taken before
+        any stream is touched, so locks are always taken in one order) makes the overlap check race-free; a
+        clash found here means our earlier read was stale, and the command is decided again."""
+        if after is None:
+            if before is not None:
+                await conn.execute("DELETE FROM doctor_bookings WHERE appointment_id = $1", appointment_id)
+            return
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"doctor|{org_id}|{after.doctor}")
+        clash = await conn.fetchval(
+            "SELECT appointment_id FROM doctor_bookings WHERE org_id = $1 AND doctor = $2 AND starts_at < $4"
+            " AND ends_at > $3 AND appointment_id <> $5 LIMIT 1", uuid.UUID(org_id), after.doctor, after.start,
+            after.end, appointment_id)
+        if clash is not None:
+            raise _Retry
+        await conn.execute(
+            "INSERT INTO doctor_bookings VALUES ($1, $2, $3, $4, $5) ON CONFLICT (appointment_id) DO UPDATE"
+            " SET doctor = EXCLUDED.doctor, starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at",
+            appointment_id, uuid.UUID(org_id), after.doctor, after.start, after.end)
 
     async def _claims(self, conn, org_id: str, catalog: cat.Catalog, before: dict[str, Any],
                       by_stream: dict[str, list[ev.Event]], phone: str) -> None:
@@ -432,6 +494,10 @@ class CommandHandler:
                     day.apply(ev.from_stored(stored.type, stored.data))
                 out.append(day)
             return out
+
+
+def _span(time: doctors.DoctorTime | None) -> tuple | None:
+    return None if time is None else (time.doctor, time.start, time.end)
 
 
 def _fold(day: wd.WindowDay, events: list[ev.Event]) -> None:

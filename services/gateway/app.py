@@ -13,7 +13,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from pydantic import BaseModel, ValidationError
 
 from domain.errors import DomainError
+from schemas.saludya import SaludYaAppointment, SaludYaUpdate
 from services.gateway import handlers as h
+from services.gateway import saludya
 from services.logs import log
 from services.runtime import Runtime
 
@@ -34,6 +36,7 @@ class Route:
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     response: Any = None
+    style: str = "v1"  # "saludya": SaludYa's bare response object and error shape
 
 
 def error_response(status: int, code: str, message: str, details: dict | None = None,
@@ -95,10 +98,15 @@ ROUTES: list[Route] = [
           response=h.Appointment),
     Route("GET", "/v1/appointments/{appointment_id}/history", ("appointments:read",), h.appointment_history,
           "The appointment's events, oldest first"),
+    Route("PUT", "/api/appointments/{appointment_id}", ("appointments:write",), saludya.update_appointment,
+          "SaludYa-compatible update (SaludYa request, response and error shapes)", body=SaludYaUpdate,
+          response=SaludYaAppointment, style="saludya"),
 ]
 
 
 def _endpoint(route: Route):
+    errors = saludya.error_response if route.style == "saludya" else error_response
+
     async def endpoint(request: web.Request) -> web.StreamResponse:
         runtime = request.app[RUNTIME]
         started = time.perf_counter()
@@ -118,10 +126,10 @@ def _endpoint(route: Route):
             return response
         except ValidationError as exc:
             status = 400
-            return error_response(400, "VALIDATION_ERROR", "Invalid request data", validation_details(exc))
+            return errors(400, "VALIDATION_ERROR", "Invalid request data", validation_details(exc))
         except DomainError as exc:
             status = exc.status
-            return error_response(exc.status, exc.code, exc.message, exc.details, exc.extra)
+            return errors(exc.status, exc.code, exc.message, exc.details, exc.extra)
         finally:
             REQUESTS.labels(route.path, str(status)).inc()
             LATENCY.labels(route.path).observe(time.perf_counter() - started)

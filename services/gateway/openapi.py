@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from schemas.http import ErrorResponse
+from schemas.saludya import SaludYaError
 
 
 def _schema(model: Any, components: dict[str, Any]) -> dict[str, Any]:
@@ -20,7 +21,7 @@ def _schema(model: Any, components: dict[str, Any]) -> dict[str, Any]:
 
 def document(routes) -> dict[str, Any]:
     components: dict[str, Any] = {}
-    error_ref = _schema(ErrorResponse, components)
+    error_refs = {"v1": _schema(ErrorResponse, components), "saludya": _schema(SaludYaError, components)}
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         op: dict[str, Any] = {"summary": route.summary, "security": [{"bearer": []}],
@@ -38,10 +39,12 @@ def document(routes) -> dict[str, Any]:
         ok_status = "201" if route.method == "POST" and route.path in ("/v1/appointments", "/v1/services",
                                                                          "/v1/branches", "/v1/appointment-slots") \
             else "200"
+        if route.style == "v1":
+            data = {"type": "object", "properties": {"success": {"const": True}, "data": data}}
         op["responses"] = {
-            ok_status: {"description": "success", "content": {"application/json": {"schema": {
-                "type": "object", "properties": {"success": {"const": True}, "data": data}}}}},
-            "default": {"description": "error", "content": {"application/json": {"schema": error_ref}}},
+            ok_status: {"description": "success", "content": {"application/json": {"schema": data}}},
+            "default": {"description": "error",
+                        "content": {"application/json": {"schema": error_refs[route.style]}}},
         }
         paths.setdefault(route.path, {})[route.method.lower()] = op
     return {

@@ -230,3 +230,32 @@ async def test_a_killed_ingestor_loses_no_command_and_applies_none_twice(pg_url,
         assert len(created) == 25 * 60  # 120 commands per date into 60 slots: half are SLOT_FULL
     finally:
         await rt.stop()
+
+
+async def test_lifecycle_and_doctor_rules_hold_over_kafka_too(kafka_runtime, http, kafka_bootstrap):
+    rt = kafka_runtime
+    api = await setup_clinic(await new_org(rt, http))
+    status, body = await api.post("/v1/appointments", _create(api, 5, "09:30", "+15550003333",
+                                                              assigned_doctor="Dr. House"))
+    assert status == 201, body
+    appointment_id = body["appointment_id"]
+    steps = [
+        command(api.org_id, "complete_appointment", {"diagnosis": "lupus, finally"}, appointment_id=appointment_id),
+        command(api.org_id, "cancel_appointment", {}, appointment_id=appointment_id),
+        command(api.org_id, "update_appointment", {"status": "in_progress"}, appointment_id=appointment_id),
+        command(api.org_id, "create_appointment", _create(api, 5, "09:30", "+15550004444",
+                                                          assigned_doctor="dr. house")),
+    ]
+    await publish(kafka_bootstrap, rt.settings.topic("commands"), [encoded(c, "one-lane") for c in steps])
+    ids = [c["command_id"] for c in steps]
+    records = await read_topic(kafka_bootstrap, rt.settings.topic("command-results"),
+                               lambda recs: set(ids) <= set(results_by_command(recs)), 60)
+    results = results_by_command(records)
+    completed, cancel, start, clash = (results[cid][0] for cid in ids)
+    assert (completed["status"], completed["data"]["status"], completed["data"]["diagnosis"]) == (
+        200, "completed", "lupus, finally")
+    assert (cancel["status"], cancel["error"]["code"]) == (422, "INVALID_STATE_TRANSITION")
+    assert (start["status"], start["error"]["code"]) == (422, "INVALID_STATE_TRANSITION")
+    # The completed appointment still holds the doctor's time (only cancelled and no-show ones give it back).
+    assert (clash["status"], clash["error"]["code"]) == (409, "APPOINTMENT_CONFLICT")
+    assert clash["error"]["details"]["conflicting_appointment_id"] == appointment_id

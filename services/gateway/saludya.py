@@ -1,0 +1,97 @@
+"""SaludYa compatibility: `PUT /api/appointments/{id}` in SaludYa's request, response and error shapes, on the
+same domain, command path and scoped keys as /v1."""
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from domain import catalog as cat
+from domain.errors import DomainError
+from domain.timerules import at_local, iso_utc, local, parse_hhmm, parse_instant
+from schemas.http import UpdateAppointment
+from schemas.saludya import SaludYaUpdate
+from services import commands
+from services.gateway.handlers import meta
+from services.keys import Principal
+from services.runtime import Runtime
+
+# Our codes that SaludYa spells differently; the rest are the same words.
+CODES = {"NOT_FOUND": "RESOURCE_NOT_FOUND", "INSUFFICIENT_SCOPE": "FORBIDDEN"}
+MESSAGES = {"UNAUTHORIZED": "Invalid or missing API token",
+            "INSUFFICIENT_SCOPE": "You don't have permission to modify this appointment"}
+_COPIED = ("duration_minutes", "reason", "notes", "diagnosis", "prescription", "follow_up_required",
+           "follow_up_date", "cancellation_reason")
+
+
+def error_response(status: int, code: str, message: str, details: dict | None = None,
+                   extra: dict | None = None) -> web.Response:
+    body = {"error": {"code": CODES.get(code, code), "message": MESSAGES.get(code, message),
+                      "details": {**(extra or {}), **(details or {})}}}
+    return web.json_response(body, status=status)
+
+
+def record(appointment: dict[str, Any], catalog: cat.Catalog) -> dict[str, Any]:
+    """Our appointment in SaludYa's response shape. A rescheduled appointment is, to SaludYa, `scheduled`."""
+    start = local(parse_instant(appointment["appointment_date"]), catalog.settings.timezone)
+    service = catalog.services.get(appointment["appointment_type"])
+    return {
+        "id": appointment["appointment_id"],
+        "patient_id": None,
+        "patient_name": appointment["patient_name"],
+        "doctor_id": None,
+        "doctor_name": appointment["assigned_doctor"],
+        "specialty": service.name if service else None,
+        "date": appointment["date"],
+        "time": start.strftime("%H:%M"),
+        "duration_minutes": appointment.get("duration_minutes"),
+        "status": "scheduled" if appointment["status"] == "rescheduled" else appointment["status"],
+        "reason": appointment.get("reason"),
+        "notes": appointment.get("notes"),
+        "diagnosis": appointment.get("diagnosis"),
+        "prescription": appointment.get("prescription"),
+        "follow_up_required": appointment.get("follow_up_required", False),
+        "follow_up_date": appointment.get("follow_up_date"),
+        "created_at": appointment["created_at"],
+        "updated_at": appointment["updated_at"],
+        "completed_at": appointment.get("completed_at"),
+        "cancelled_at": appointment.get("cancelled_at"),
+        "cancellation_reason": appointment.get("cancellation_reason"),
+    }
+
+
+async def update_appointment(request, runtime: Runtime, principal: Principal, body: SaludYaUpdate) -> web.Response:
+    appointment_id = request.match_info["appointment_id"]
+    catalog = await runtime.handler.catalog(principal.org_id)
+    tz = catalog.settings.timezone
+    given = body.model_dump(exclude_unset=True)
+    if not given:
+        raise DomainError("VALIDATION_ERROR", "Invalid request data", {"body": "give at least one field to update"})
+    patch: dict[str, Any] = {name: given[name] for name in _COPIED if name in given}
+    patch["send_notification"] = body.send_notification  # SaludYa notifies unless told not to
+    current = None
+    if "date" in given or "time" in given:
+        current = await runtime.handler.get_appointment(principal.org_id, appointment_id)
+        was = local(parse_instant(current["appointment_date"]), tz)
+        day = given.get("date") or was.date()
+        wall = parse_hhmm(given["time"], "time") if "time" in given else was.time().replace(tzinfo=None)
+        patch["appointment_date"] = iso_utc(at_local(day, wall, tz))
+    if given.get("status") == "scheduled":
+        # Confirmed and rescheduled appointments already are `scheduled` to SaludYa; nothing else can go back.
+        current = current or await runtime.handler.get_appointment(principal.org_id, appointment_id)
+        if current["status"] not in ("confirmed", "rescheduled"):
+            raise DomainError("INVALID_STATE_TRANSITION", f"Cannot change status from '{current['status']}' to "
+                              "'scheduled'", {"from": current["status"], "to": "scheduled"})
+    elif "status" in given:
+        patch["status"] = given["status"]
+    try:
+        outcome = await commands.update_appointment(runtime.handler, principal.org_id, appointment_id,
+                                                    UpdateAppointment.model_validate(patch),
+                                                    meta(request, principal))
+    except DomainError as exc:
+        if exc.code == "APPOINTMENT_CONFLICT":  # SaludYa suggests local HH:MM on the requested date
+            exc.details["suggested_times"] = [local(parse_instant(t), tz).strftime("%H:%M")
+                                              for t in exc.details.get("suggested_times", [])]
+        raise
+    headers = {"X-Position": str(outcome.position)} if outcome.position is not None else None
+    return web.json_response(record(outcome.data, catalog), headers=headers)
