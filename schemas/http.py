@@ -32,20 +32,24 @@ class CreateAppointment(Strict):
     duration_minutes: int | None = Field(default=None, gt=0, le=1440)
 
 
-class UpdateAppointment(Strict):
-    appointment_date: str | None = Field(default=None, min_length=1)
-    status: Status | None = None
-    assigned_doctor: str | None = Field(default=None, max_length=200)
-    notes: str | None = Field(default=None, max_length=4000)
+class ClinicalUpdate(Strict):
+    """The visit's fields an update may set: shared by PATCH /v1/appointments/{id} and SaludYa's PUT."""
+    duration_minutes: int | None = Field(default=None, gt=0, le=1440)
     reason: str | None = Field(default=None, max_length=1000)
-    session: Session | None = None
-    batch: str | None = Field(default=None, max_length=40)
-    cancellation_reason: str | None = Field(default=None, max_length=1000)
+    notes: str | None = Field(default=None, max_length=4000)
     diagnosis: str | None = Field(default=None, max_length=4000)
     prescription: str | None = Field(default=None, max_length=4000)
     follow_up_required: bool | None = None
     follow_up_date: dt.date | None = None
-    duration_minutes: int | None = Field(default=None, gt=0, le=1440)
+    cancellation_reason: str | None = Field(default=None, max_length=1000)
+
+
+class UpdateAppointment(ClinicalUpdate):
+    appointment_date: str | None = Field(default=None, min_length=1)
+    status: Status | None = None
+    assigned_doctor: str | None = Field(default=None, max_length=200)
+    session: Session | None = None
+    batch: str | None = Field(default=None, max_length=40)
     send_notification: bool | None = None
 
 

@@ -6,23 +6,15 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from schemas.http import ErrorBody, Strict
+from schemas.http import ClinicalUpdate, ErrorBody
 
 SaludYaStatus = Literal["scheduled", "confirmed", "in_progress", "completed", "cancelled", "no_show"]
 
 
-class SaludYaUpdate(Strict):
+class SaludYaUpdate(ClinicalUpdate):
     date: dt.date | None = Field(default=None, description="New local date, YYYY-MM-DD (org timezone)")
     time: str | None = Field(default=None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="New local time HH:MM")
-    duration_minutes: int | None = Field(default=None, gt=0, le=1440)
     status: SaludYaStatus | None = None
-    reason: str | None = Field(default=None, max_length=1000)
-    notes: str | None = Field(default=None, max_length=4000)
-    diagnosis: str | None = Field(default=None, max_length=4000)
-    prescription: str | None = Field(default=None, max_length=4000)
-    follow_up_required: bool | None = None
-    follow_up_date: dt.date | None = None
-    cancellation_reason: str | None = Field(default=None, max_length=1000)
     send_notification: bool = Field(default=True, description="SaludYa's default is true")
 
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from domain import catalog as cat
 from domain.errors import DomainError
 from domain.timerules import at_local, iso_utc, local, parse_hhmm, parse_instant
-from schemas.http import UpdateAppointment
+from schemas.http import ClinicalUpdate, UpdateAppointment
 from schemas.saludya import SaludYaUpdate
 from services import commands
 from services.gateway.handlers import meta
@@ -20,8 +20,7 @@ from services.runtime import Runtime
 CODES = {"NOT_FOUND": "RESOURCE_NOT_FOUND", "INSUFFICIENT_SCOPE": "FORBIDDEN"}
 MESSAGES = {"UNAUTHORIZED": "Invalid or missing API token",
             "INSUFFICIENT_SCOPE": "You don't have permission to modify this appointment"}
-_COPIED = ("duration_minutes", "reason", "notes", "diagnosis", "prescription", "follow_up_required",
-           "follow_up_date", "cancellation_reason")
+_COPIED = tuple(ClinicalUpdate.model_fields)
 
 
 def error_response(status: int, code: str, message: str, details: dict | None = None,
