@@ -19,6 +19,7 @@ from prometheus_client import Counter
 
 from schemas.events import cloud_type
 from schemas.export import schema_url
+from services.aio import cancel_all
 from services.logs import log
 from services.settings import Settings
 from services.store.eventstore import EventStore, LogWaker, StoredEvent, load_checkpoint, save_checkpoint, wait_flag
@@ -79,8 +80,7 @@ class Relay:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_all([self._task])
         if self._producer is not None:
             await self._producer.stop()
 

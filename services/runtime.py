@@ -8,6 +8,7 @@ import asyncpg
 from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient
 
+from services.aio import cancel_all
 from services.handler import CommandHandler
 from services.ingestor import Ingestor
 from services.keys import KeyRing
@@ -126,9 +127,7 @@ class Runtime:
             await self.ingestor.stop()
         if self.relay is not None:
             await self.relay.stop()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         if self._runner is not None:
             await self._runner.cleanup()
         if self.kafka_admin is not None:

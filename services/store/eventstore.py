@@ -250,8 +250,11 @@ class LogWaker:
 
 
 async def wait_flag(flag: asyncio.Event, timeout: float) -> None:
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that arrives as the
+    # flag is set, and the reader's task would then never stop.
     try:
-        await asyncio.wait_for(flag.wait(), timeout)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout):
+            await flag.wait()
+    except TimeoutError:
         pass
     flag.clear()
