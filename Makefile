@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test unit bench install clean
+BENCH_STAMP := $(VENV)/.bench-stamp
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,14 @@ test: $(STAMP)
 ## Domain tests only: no servers.
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+## Benchmarks on a fresh local stack: figures, never a pass/fail. FULL=1 for the long run (see README).
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run --profile $(if $(FULL),--full)
 
 clean:
 	rm -rf $(VENV) .slotledger .pytest_cache

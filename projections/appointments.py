@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-import asyncpg
-
 from domain import events as ev
 from domain.windowday import normalise_phone
+from projections.base import Statement
 
 _UPSERT = """
 INSERT INTO rm_appointments (appointment_id, org_id, date, branch_id, window_id, status, phone, assigned_doctor,
@@ -31,18 +30,19 @@ class AppointmentsProjector:
     name = "appointments"
     tables = ("rm_appointments",)
 
-    async def apply(self, conn: asyncpg.Connection, event: ev.Event, stored) -> None:
+    def statements(self, event: ev.Event, stored) -> list[Statement]:
         match event:
             case ev.AppointmentBooked() | ev.AppointmentRescheduled():
                 r = event.appointment
-                await conn.execute(_UPSERT, r["appointment_id"], stored.org_id, dt.date.fromisoformat(r["date"]),
+                return [(_UPSERT, (r["appointment_id"], stored.org_id, dt.date.fromisoformat(r["date"]),
                                    r["branch_id"], r["window_id"], r["status"], normalise_phone(r["parent_phone"]),
                                    r["assigned_doctor"], r["appointment_type"], r["external_reference_id"], r,
-                                   stored.position)
+                                   stored.position))]
             case ev.AppointmentDetailsChanged():
-                await conn.execute(_MERGE, event.appointment_id, {**event.changes, "updated_at": event.updated_at},
-                                   stored.position)
+                return [(_MERGE, (event.appointment_id, {**event.changes, "updated_at": event.updated_at},
+                                  stored.position))]
             case ev.AppointmentStatusChanged():
-                await conn.execute(_MERGE, event.appointment_id,
-                                   {**event.changes, "status": event.status, "updated_at": event.updated_at},
-                                   stored.position)
+                return [(_MERGE, (event.appointment_id,
+                                  {**event.changes, "status": event.status, "updated_at": event.updated_at},
+                                  stored.position))]
+        return []

@@ -26,7 +26,7 @@ from domain import windowday as wd
 from domain.errors import DomainError, not_found
 from domain.timerules import local, parse_day, parse_instant
 from schemas.kafka import CommandResult
-from services.store.eventstore import Append, ConcurrencyError, EventStore, NewEvent, StoredEvent
+from services.store.eventstore import GUARD, Append, ConcurrencyError, EventStore, NewEvent, SideWrite, StoredEvent
 
 _ALPHABET = string.ascii_lowercase + string.digits
 
@@ -61,6 +61,9 @@ class Meta:
 
 class _Retry(Exception):
     pass
+
+
+_UNREAD = object()  # a pre-read not yet made
 
 
 class CommandAlreadyApplied(Exception):
@@ -145,10 +148,13 @@ class CommandHandler:
             self._days.pop(stream, None)
 
     async def _append(self, conn: asyncpg.Connection, org_id: str, by_stream: dict[str, tuple[int, list[ev.Event]]],
-                      meta: Meta) -> list[StoredEvent]:
+                      meta: Meta, side_writes: list[SideWrite] | None = None,
+                      condition: SideWrite | None = None) -> list[StoredEvent]:
+        """Append per stream; `side_writes` and `condition` ride in the statement of the (single) stream."""
         appends = [
             Append(stream, expected, [NewEvent(e.type, e.data(), schema_version=e.version, metadata=meta.as_dict())
-                                      for e in events], org_id=uuid.UUID(org_id))
+                                      for e in events], org_id=uuid.UUID(org_id), side_writes=side_writes or (),
+                   condition=condition)
             for stream, (expected, events) in by_stream.items()
         ]
         return await self.store.append(appends, conn)
@@ -227,6 +233,10 @@ class CommandHandler:
 
         async def attempt() -> Outcome:
             async with self.pool.acquire() as conn:
+                if ref is None and org_id in self._catalogs:
+                    outcome = await self._create_from_cache(conn, org_id, request, meta)
+                    if outcome is not None:
+                        return outcome
                 row = await conn.fetchrow(
                     "SELECT o.config_version, (SELECT r.appointment_id FROM booking_refs r"
                     " WHERE r.org_id = o.org_id AND r.external_reference_id = $2) AS by_ref"
@@ -236,14 +246,35 @@ class CommandHandler:
                 if row["by_ref"]:
                     return await self._existing(org_id, row["by_ref"], conn)
                 catalog = await self._catalog_at(org_id, row["config_version"], conn)
-                service = catalog.resolve_service(request["appointment_type"])
-                branch = catalog.resolve_branch(request.get("branch_id"))
-                start = parse_instant(request["appointment_date"])
-                placement = wd.place(catalog, service, branch, start, request.get("session"), self.clock())
+                placement = self._placement(catalog, request)
                 async with self._lock(placement.stream_id):
                     return await self._book(conn, org_id, catalog, placement, request, meta)
 
         return await self._retrying(attempt)
+
+    def _placement(self, catalog: cat.Catalog, request: dict[str, Any]) -> wd.Placement:
+        """Rules 3–7: the type, the branch, the time, and the window it lands in."""
+        service = catalog.resolve_service(request["appointment_type"])
+        branch = catalog.resolve_branch(request.get("branch_id"))
+        start = parse_instant(request["appointment_date"])
+        return wd.place(catalog, service, branch, start, request.get("session"), self.clock())
+
+    async def _create_from_cache(self, conn: asyncpg.Connection, org_id: str, request: dict[str, Any],
+                                 meta: Meta) -> Outcome | None:
+        """The common create (no external reference, no doctor) in one round trip: decided on the cached
+        configuration and appended with the write-side rows in one statement that also checks the cached
+        configuration is still current. A duplicate in another window-day surfaces as the unique row's
+        violation. None: take the careful path, which reads everything first; every refusal is given from there,
+        so rule order and codes never depend on the cache."""
+        if request.get("assigned_doctor"):
+            return None
+        version, catalog, _ = self._catalogs[org_id]
+        try:
+            placement = self._placement(catalog, request)
+            async with self._lock(placement.stream_id):
+                return await self._book(conn, org_id, catalog, placement, request, meta, None, version)
+        except (DomainError, _Retry):
+            return None
 
     async def _existing(self, org_id: str, appointment_id: str, conn: asyncpg.Connection) -> Outcome:
         stream = await conn.fetchval("SELECT stream_id FROM appointment_streams WHERE appointment_id = $1",
@@ -256,42 +287,84 @@ class CommandHandler:
         return written(200, day.appointments[appointment_id], None, idempotent=True)
 
     async def _book(self, conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, placement: wd.Placement,
-                    request: dict[str, Any], meta: Meta) -> Outcome:
+                    request: dict[str, Any], meta: Meta, duplicate: str | None | object = _UNREAD,
+                    config_version: int | None = None) -> Outcome:
         ref = request.get("external_reference_id")
         phone = wd.normalise_phone(request["parent_phone"])
-        row = await conn.fetchrow(
-            "SELECT (SELECT appointment_id FROM booking_refs WHERE org_id = $1 AND external_reference_id = $2)"
-            " AS by_ref, (SELECT appointment_id FROM booking_keys WHERE org_id = $1 AND phone = $3"
-            " AND service_id = $4 AND local_date = $5) AS duplicate",
-            uuid.UUID(org_id), ref, phone, placement.service.service_id, placement.local_date)
-        if row["by_ref"]:
-            return await self._existing(org_id, row["by_ref"], conn)
+        if duplicate is _UNREAD:
+            row = await conn.fetchrow(
+                "SELECT (SELECT appointment_id FROM booking_refs WHERE org_id = $1 AND external_reference_id = $2)"
+                " AS by_ref, (SELECT appointment_id FROM booking_keys WHERE org_id = $1 AND phone = $3"
+                " AND service_id = $4 AND local_date = $5) AS duplicate",
+                uuid.UUID(org_id), ref, phone, placement.service.service_id, placement.local_date)
+            if row["by_ref"]:
+                return await self._existing(org_id, row["by_ref"], conn)
+            duplicate = row["duplicate"]
         day = await self._day(placement.stream_id, placement.window.window_id, placement.local_date.isoformat(),
                               conn)
         appointment_id = new_appointment_id()
-        events = wd.book(catalog, day, placement, request, appointment_id, self.clock(), row["duplicate"])
+        events = wd.book(catalog, day, placement, request, appointment_id, self.clock(), duplicate)
         doctor = doctors.doctor_time(events[0].appointment, catalog)
         if doctor is not None:
             await self._check_doctor(conn, org_id, catalog, doctor, placement.service.service_id,
                                      placement.branch.branch_id)
 
+        org = uuid.UUID(org_id)
+        side = [SideWrite(f"INSERT INTO appointment_streams SELECT $1::text, $2::uuid, $3::text WHERE {GUARD}",
+                          (appointment_id, org, placement.stream_id))]
+        if ref:
+            side.append(SideWrite(f"INSERT INTO booking_refs SELECT $1::uuid, $2::text, $3::text WHERE {GUARD}",
+                                  (org, ref, appointment_id)))
+        if catalog.settings.prevent_duplicate_bookings:
+            side.append(SideWrite(f"INSERT INTO booking_keys SELECT $1::uuid, $2::text, $3::text, $4::date, $5::text"
+                                  f" WHERE {GUARD}", (org, phone, placement.service.service_id,
+                                                      placement.local_date, appointment_id)))
+        if doctor is None:  # the common case: one statement, one round trip
+            condition = None if config_version is None else SideWrite(
+                "EXISTS (SELECT 1 FROM orgs WHERE org_id = $1::uuid AND config_version = $2::bigint)",
+                (org, config_version))
+            return await self._append_at_once(conn, org_id, day, events, side, meta, appointment_id, 201, condition)
+
         async def write() -> Outcome:
             await self._hold_doctor(conn, org_id, appointment_id, None, doctor)
-            await conn.execute("INSERT INTO appointment_streams VALUES ($1, $2, $3)", appointment_id,
-                               uuid.UUID(org_id), placement.stream_id)
-            if ref:
-                await conn.execute("INSERT INTO booking_refs VALUES ($1, $2, $3)", uuid.UUID(org_id), ref,
-                                   appointment_id)
-            if catalog.settings.prevent_duplicate_bookings:
-                await conn.execute("INSERT INTO booking_keys VALUES ($1, $2, $3, $4, $5)", uuid.UUID(org_id),
-                                   phone, placement.service.service_id, placement.local_date, appointment_id)
-            stored = await self._append(conn, org_id, {day.stream_id: (day.version, events)}, meta)
+            stored = await self._append(conn, org_id, {day.stream_id: (day.version, events)}, meta, side)
             _fold(day, events)
             outcome = written(201, day.appointments[appointment_id], stored[-1].position)
             await self._remember(conn, org_id, meta, outcome)
             return outcome
 
         return await self._commit(conn, [day], write)
+
+    async def _append_at_once(self, conn: asyncpg.Connection, org_id: str, day: wd.WindowDay,
+                              events: list[ev.Event], side: list[SideWrite], meta: Meta, appointment_id: str,
+                              status: int, condition: SideWrite | None = None) -> Outcome:
+        """Append to one window-day with its write-side rows (and the Kafka command's result) in a single
+        statement, which is its own transaction. The day is locked: its events are folded in first, so the
+        result can be recorded in the same statement, and dropped from the cache if the statement fails."""
+        expected = day.version
+        _fold(day, events)
+        outcome = written(status, day.appointments[appointment_id], None)
+        if meta.command_id is not None:
+            result = CommandResult.of(meta.command_id, status, outcome.data, None).as_json()
+            side = [*side, SideWrite(
+                "INSERT INTO command_results (command_id, org_id, result) SELECT $1::uuid, $2::uuid, jsonb_set("
+                "jsonb_set($3::jsonb, '{position}', to_jsonb(max(global_position))), '{data,position}',"
+                " to_jsonb(max(global_position))) FROM ins HAVING count(*) > 0",
+                (uuid.UUID(meta.command_id), uuid.UUID(org_id), result))]
+        try:
+            stored = await self._append(conn, org_id, {day.stream_id: (expected, events)}, meta, side, condition)
+        except asyncpg.UniqueViolationError as exc:
+            self._forget(day.stream_id)
+            if exc.constraint_name == "command_results_pkey":
+                raise CommandAlreadyApplied(meta.command_id) from None
+            raise _Retry from None
+        except BaseException as exc:
+            self._forget(day.stream_id)
+            if isinstance(exc, ConcurrencyError):
+                raise _Retry from None
+            raise
+        outcome.position = outcome.data["position"] = stored[-1].position
+        return outcome
 
     async def locate(self, org_id: str, appointment_id: str, conn: asyncpg.Connection) -> str:
         stream = await conn.fetchval(

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from domain import events as ev
 from projections.appointments import AppointmentsProjector
-from projections.base import Projector
+from projections.base import Projector, apply_batch
 from projections.schedule import ScheduleProjector
 from services.logs import log
 from services.store.eventstore import START, EventStore, LogPosition, LogWaker, load_checkpoint, save_checkpoint, \
@@ -27,9 +26,7 @@ async def run_batch(conn: asyncpg.Connection, store: EventStore, projector: Proj
         await conn.execute("SELECT pg_advisory_xact_lock($1)", zlib.crc32(projector.name.encode()))
         checkpoint = await load_checkpoint(conn, projector.name)
         batch = await store.read_log(checkpoint, limit, conn)
-        for stored in batch:
-            if stored.type in ev.EVENT_TYPES:
-                await projector.apply(conn, ev.from_stored(stored.type, stored.data), stored)
+        await apply_batch(conn, projector, batch)
         if batch:
             await save_checkpoint(conn, projector.name, batch[-1].log_position)
         return len(batch)
@@ -93,9 +90,7 @@ async def rebuild(pool: asyncpg.Pool, store: EventStore, names: list[str] | None
             await conn.execute("DELETE FROM checkpoints WHERE name = $1", projector.name)
             position, events = START, 0
             while batch := await store.read_log(position, 5000, conn):
-                for stored in batch:
-                    if stored.type in ev.EVENT_TYPES:
-                        await projector.apply(conn, ev.from_stored(stored.type, stored.data), stored)
+                await apply_batch(conn, projector, batch)
                 events += len(batch)
                 position = batch[-1].log_position
             if events:

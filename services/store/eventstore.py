@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,11 +41,26 @@ class NewEvent:
 
 
 @dataclass(frozen=True)
+class SideWrite:
+    """A write-side row that must commit with an append, in the append's own statement (one round trip).
+    `sql` is a data-modifying statement that may refer to the CTEs `claim` (a row when the stream's version
+    matched) and `ins` (the inserted events: global_position, …) and must write nothing unless `claim` has a
+    row; its parameters are numbered from $1 and cast explicitly."""
+    sql: str
+    args: tuple[Any, ...]
+
+
+GUARD = "EXISTS (SELECT 1 FROM claim)"
+
+
+@dataclass(frozen=True)
 class Append:
     stream_id: str
     expected_version: int  # 0: the stream must not exist yet
     events: Sequence[NewEvent]
     org_id: uuid.UUID | None = None
+    side_writes: Sequence[SideWrite] = ()
+    condition: SideWrite | None = None  # a boolean SQL expression that must also hold, or nothing is appended
 
 
 @dataclass(frozen=True)
@@ -80,9 +96,25 @@ RETURNING global_position, transaction_id::text::bigint AS transaction_id, strea
 """
 # One round trip per stream: the compare-and-set on `streams` and the insert in one statement.
 _APPEND_NEW = ("WITH claim AS (INSERT INTO streams (stream_id, version, org_id) SELECT $1, $3, $4 WHERE $2 = 0"
-               " ON CONFLICT DO NOTHING RETURNING 1)" + _INSERT)
+               "{condition} ON CONFLICT DO NOTHING RETURNING 1)" + _INSERT)
 _APPEND_EXISTING = ("WITH claim AS (UPDATE streams SET version = $3 WHERE stream_id = $1 AND version = $2"
-                    " RETURNING 1)" + _INSERT)
+                    "{condition} RETURNING 1)" + _INSERT)
+
+_PARAM = re.compile(r"\$(\d+)")
+
+
+def _renumbered(sql: str, offset: int) -> str:
+    return _PARAM.sub(lambda m: f"${int(m.group(1)) + offset}", sql)
+
+
+def _with_side_writes(sql: str, args: list[Any], side_writes: Sequence[SideWrite]) -> tuple[str, list[Any]]:
+    """The append as CTEs (`claim`, `ins`) followed by each side write, all in one statement."""
+    ctes = [sql.removesuffix(_INSERT).removeprefix("WITH "), f"ins AS ({_INSERT.strip()})"]
+    for n, write in enumerate(side_writes):
+        ctes.append(f"s{n} AS ({_renumbered(write.sql, len(args))})")
+        args = [*args, *write.args]
+    return "WITH " + ",\n".join(ctes) + "\nSELECT * FROM ins ORDER BY stream_version", args
+
 
 _READ_LOG = f"""
 SELECT {_COLUMNS} FROM events
@@ -98,9 +130,16 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _release(conn: asyncpg.Connection) -> None:
+    """Instead of asyncpg's reset query on every release (a round trip each time): our pooled connections never
+    LISTEN, SET or hold session locks; only an unfinished transaction would leak, and that is rolled back."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def create_pool(url: str, schema: str = "public", min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
     return await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=init_connection,
+        url, min_size=min_size, max_size=max_size, init=init_connection, reset=_release,
         server_settings={"search_path": schema, "application_name": "slotledger"},
     )
 
@@ -133,12 +172,20 @@ class EventStore:
         events = list(append.events)
         if not events:
             return []
-        sql = _APPEND_NEW if append.expected_version == 0 else _APPEND_EXISTING
-        rows = await conn.fetch(
-            sql, append.stream_id, append.expected_version, append.expected_version + len(events), append.org_id,
+        template = _APPEND_NEW if append.expected_version == 0 else _APPEND_EXISTING
+        args: list[Any] = [
+            append.stream_id, append.expected_version, append.expected_version + len(events), append.org_id,
             [e.event_id for e in events], [e.type for e in events], [e.schema_version for e in events],
             [e.data for e in events], [e.metadata for e in events],
-        )
+        ]
+        condition = ""
+        if append.condition is not None:
+            condition = f" AND ({_renumbered(append.condition.sql, len(args))})"
+            args += append.condition.args
+        sql = template.replace("{condition}", condition, 1)
+        if append.side_writes:
+            sql, args = _with_side_writes(sql, args, append.side_writes)
+        rows = await conn.fetch(sql, *args)
         if not rows:
             replayed = await self._already_appended(conn, append.stream_id, events)
             if replayed is None:

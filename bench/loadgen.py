@@ -1,0 +1,148 @@
+"""The load generator: its own process (so the service's event loop never measures itself), an asyncio HTTP
+client. Prints one JSON object with the figures.
+
+  python -m bench.loadgen spread --url U --key K --clients 64 --seconds 10 --days 200 [--lag-every 20]
+  python -m bench.loadgen hot --url U --key K --requests 1000 --when ISO
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+import uuid
+from datetime import date, datetime, timedelta, timezone
+
+import aiohttp
+
+SESSIONS = ((8, 12), (12, 16), (16, 20))  # local hours of the bench clinic's three windows (UTC org)
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def summary_ms(values: list[float]) -> dict:
+    return {f"p{p}": round(percentile(values, p) * 1000, 2) if values else None for p in (50, 95, 99)}
+
+
+def _spread_body(days: int, n: str) -> dict:
+    day = date.today() + timedelta(days=random.randint(1, days))
+    start, end = random.choice(SESSIONS)
+    moment = datetime(day.year, day.month, day.day, random.randint(start, end - 1), random.choice((0, 15, 30, 45)),
+                      tzinfo=timezone.utc)
+    return {"appointment_type": "General Checkup", "appointment_date": moment.isoformat().replace("+00:00", "Z"),
+            "patient_name": "Bench Patient", "parent_phone": f"+1{n}"}
+
+
+async def spread(url: str, key: str, clients: int, seconds: float, days: int, lag_every: int) -> dict:
+    headers = {"Authorization": f"Bearer {key}"}
+    latencies: list[float] = []
+    lags: list[float] = []
+    errors: dict[str, int] = {}
+    lag_tasks: set[asyncio.Task] = set()
+    run = uuid.uuid4().hex[:6]
+    connector = aiohttp.TCPConnector(limit=clients + 32)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+        async def visible_after(appointment_id: str, committed: float) -> None:
+            # Commit ≈ when the write's response arrived; visible = the read model answers 200.
+            while True:
+                async with session.get(f"{url}/v1/appointments/{appointment_id}") as resp:
+                    await resp.read()
+                    if resp.status == 200:
+                        lags.append(time.perf_counter() - committed)
+                        return
+                if time.perf_counter() - committed > 10:
+                    errors["lag_timeout"] = errors.get("lag_timeout", 0) + 1
+                    return
+                await asyncio.sleep(0.005)
+
+        async def client(c: int, deadline: float) -> None:
+            i = 0
+            while time.perf_counter() < deadline:
+                i += 1
+                body = _spread_body(days, f"{run}{c:03d}{i:07d}")
+                started = time.perf_counter()
+                try:
+                    async with session.post(f"{url}/v1/appointments", json=body) as resp:
+                        payload = await resp.json(content_type=None)
+                        status = resp.status
+                except aiohttp.ClientError as exc:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    continue
+                done = time.perf_counter()
+                if status == 201:
+                    latencies.append(done - started)
+                    if lag_every and i % lag_every == 0:
+                        task = asyncio.create_task(visible_after(payload["appointment_id"], done))
+                        lag_tasks.add(task)
+                        task.add_done_callback(lag_tasks.discard)
+                else:
+                    code = (payload.get("error") or {}).get("code", str(status))
+                    errors[code] = errors.get(code, 0) + 1
+
+        started = time.perf_counter()
+        deadline = started + seconds
+        await asyncio.gather(*(client(c, deadline) for c in range(clients)))
+        elapsed = time.perf_counter() - started
+        await asyncio.gather(*list(lag_tasks))
+    return {"clients": clients, "seconds": round(elapsed, 2), "creates": len(latencies),
+            "creates_per_s": round(len(latencies) / elapsed, 1), "latency_ms": summary_ms(latencies),
+            "errors": sum(v for k, v in errors.items() if k != "lag_timeout"), "error_codes": errors,
+            "projection_lag_ms": {**summary_ms(lags), "samples": len(lags)}}
+
+
+async def hot(url: str, key: str, requests: int, when: str) -> dict:
+    headers = {"Authorization": f"Bearer {key}"}
+    run = uuid.uuid4().hex[:6]
+    statuses: dict[str, int] = {}
+    connector = aiohttp.TCPConnector(limit=200)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        gate = asyncio.Event()
+
+        async def one(i: int) -> None:
+            await gate.wait()
+            body = {"appointment_type": "General Checkup", "appointment_date": when,
+                    "patient_name": "Hot", "parent_phone": f"+2{run}{i:05d}"}
+            async with session.post(f"{url}/v1/appointments", json=body) as resp:
+                payload = await resp.json(content_type=None)
+                code = "201" if resp.status == 201 else payload["error"]["code"]
+                statuses[code] = statuses.get(code, 0) + 1
+
+        tasks = [asyncio.create_task(one(i)) for i in range(requests)]
+        await asyncio.sleep(0.1)
+        started = time.perf_counter()
+        gate.set()
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - started
+    return {"requests": requests, "seconds": round(elapsed, 3), "decisions_per_s": round(requests / elapsed, 1),
+            "succeeded": statuses.get("201", 0), "outcomes": statuses}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=("spread", "hot"))
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--days", type=int, default=200)
+    parser.add_argument("--lag-every", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--when")
+    args = parser.parse_args()
+    if args.scenario == "spread":
+        result = asyncio.run(spread(args.url, args.key, args.clients, args.seconds, args.days, args.lag_every))
+    else:
+        result = asyncio.run(hot(args.url, args.key, args.requests, args.when))
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

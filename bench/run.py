@@ -1,0 +1,427 @@
+"""`make bench` (short) and `make bench FULL=1`: the real stack on this machine, measured from outside.
+
+A fresh durable PostgreSQL and a Kafka broker are started in a temporary directory; the service runs as its
+own process (`slotledger serve`), the HTTP load comes from another (bench/loadgen.py), and the PostgreSQL
+ceiling is pgbench's one-row INSERT transaction against the same server in the same run. Prints a table and
+writes bench/out/report-<time>.json (+ .txt). Figures only: nothing here passes or fails.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from domain import catalog as cat
+from domain import windowday as wd
+from domain.timerules import WEEKDAYS
+from services.handler import Meta
+from services.keys import SCOPES, create_key
+from services.local.kafka import KAFKA_VERSION, LocalKafka
+from services.local.ports import free_port
+from services.local.postgres import LocalPostgres, bin_dir
+from services.projector import rebuild
+from services.runtime import Runtime
+from services.settings import Settings
+from services.store.eventstore import Append, NewEvent
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+SPREAD_DAYS = 200   # http-spread and kafka-ingest: days 1..200 × 3 windows = 600 window-days
+HOT_DAY = 205       # hot-window: its own window-day
+FILL_DAYS = range(210, 400)  # synthetic history for the rebuild
+
+
+def machine() -> dict:
+    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    model = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+    return {"cores": os.cpu_count(), "memory_gb": round(mem_kb / 1024 / 1024, 1),
+            "cpu": model.group(1).strip() if model else platform.processor(), "python": platform.python_version(),
+            "kernel": platform.release(), "kafka": KAFKA_VERSION}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- the stack ---------------------------------------------------------------------------------------------
+
+def service_env(settings: Settings) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLOTLEDGER_")}
+    env.update(SLOTLEDGER_DATABASE_URL=settings.database_url, SLOTLEDGER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+               SLOTLEDGER_TOPIC_PREFIX=settings.topic_prefix, SLOTLEDGER_HTTP_PORT=str(settings.http_port),
+               SLOTLEDGER_LOG_LEVEL="warning")
+    return env
+
+
+def spawn(components: str, settings: Settings, log_path: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--only", components],
+                            env=service_env(settings), stdout=subprocess.DEVNULL, stderr=open(log_path, "ab"),
+                            cwd=ROOT)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the service did not become ready")
+
+
+def rss_mb(pid: int) -> float:
+    return round(int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1)) / 1024, 1)
+
+
+async def set_up_clinic(settings: Settings) -> dict:
+    """One org on UTC: a service, a branch, Morning/Afternoon/Evening windows every day with room for all."""
+    rt = Runtime(settings, components=())
+    await rt.start()
+    try:
+        h, meta = rt.handler, Meta(actor="bench")
+        org_id = (await h.create_org("Bench Clinic", "UTC", meta)).org_id
+        await h.configure(org_id, f"org-{org_id}", lambda c: cat.change_settings(c, {
+            "min_notice_hours": 0, "max_advance_booking_days": 420}), meta)
+        service_id, branch_id = cat.new_id(), cat.new_id()
+        await h.configure(org_id, f"service-{service_id}",
+                          lambda c: cat.add_service(c, service_id, "General Checkup", 30), meta)
+        await h.configure(org_id, f"branch-{branch_id}", lambda c: cat.add_branch(c, branch_id, "Main"), meta)
+        windows = {}
+        for day in WEEKDAYS:
+            for session, start, end in (("Morning", "08:00", "12:00"), ("Afternoon", "12:00", "16:00"),
+                                        ("Evening", "16:00", "20:00")):
+                window = cat.Window(cat.new_id(), branch_id, day, session, start, end, 100_000, None, session[0])
+                await h.configure(org_id, f"window-{window.window_id}", lambda c, w=window: cat.create_window(c, w),
+                                  meta)
+                windows[(day, session)] = window.window_id
+        async with rt.pool.acquire() as conn:
+            key = await create_key(conn, org_id, list(SCOPES), "bench")
+        return {"org_id": org_id, "key": key, "service_id": service_id, "branch_id": branch_id, "windows": windows}
+    finally:
+        await rt.stop()
+
+
+# -- measurements ------------------------------------------------------------------------------------------
+
+def pgbench(pg_url_port: int, clients: int, seconds: int, script: Path) -> float:
+    result = subprocess.run(
+        [str(bin_dir() / "pgbench"), "-n", "-h", "127.0.0.1", "-p", str(pg_url_port), "-U", "postgres",
+         "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 2)), "-T", str(seconds), "-M", "prepared",
+         "-f", str(script), "postgres"], capture_output=True, text=True, check=True)
+    return float(re.search(r"tps = ([\d.]+)", result.stdout).group(1))
+
+
+def loadgen(*args: str) -> dict:
+    result = subprocess.run([sys.executable, "-m", "bench.loadgen", *args], capture_output=True, text=True,
+                            cwd=ROOT, check=True)
+    return json.loads(result.stdout)
+
+
+def profile_start(pid: int, seconds: int, out: Path) -> subprocess.Popen | None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        log("py-spy is not installed: no profile (pip install py-spy)")
+        return None
+    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200",
+                             "--format", "raw", "--output", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def profile_top(raw: Path, n: int = 15) -> dict:
+    """Top functions of py-spy's folded stacks: by own samples and by inclusive samples."""
+    own: Counter = Counter()
+    inclusive: Counter = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].split("/")[-1] + ")" if " (" in f else f
+                  for f in stack.split(";")]
+        samples = int(count)
+        total += samples
+        own[frames[-1]] += samples
+        for frame in set(frames):
+            inclusive[frame] += samples
+    return {"samples": total,
+            "own": [(f, round(100 * c / total, 1)) for f, c in own.most_common(n)],
+            "inclusive": [(f, round(100 * c / total, 1)) for f, c in inclusive.most_common(n)
+                          if not f.startswith(("<module>", "run (", "_run_once", "run_forever", "run_until"))]}
+
+
+async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Path) -> dict:
+    topic, results_topic = settings.topic("commands"), settings.topic("command-results")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, max_batch_size=262144)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        today = dt.date.today()
+        sends = []
+        for i in range(commands):
+            day = today + dt.timedelta(days=1 + i % SPREAD_DAYS)
+            moment = f"{day.isoformat()}T{8 + (i // SPREAD_DAYS) % 12:02d}:{(i * 7) % 4 * 15:02d}:00Z"
+            body = {"command_id": str(uuid.uuid4()), "org_id": clinic["org_id"], "type": "create_appointment",
+                    "payload": {"appointment_type": clinic["service_id"], "appointment_date": moment,
+                                "patient_name": "Kafka Bench", "parent_phone": f"+3{i:09d}"}}
+            sends.append(await producer.send(topic, json.dumps(body).encode(),
+                                              key=f"{clinic['org_id']}|{day.isoformat()}".encode()))
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+    published = time.perf_counter() - started
+    log(f"published {commands} commands in {published:.1f}s; starting the ingestor")
+    consumer = AIOKafkaConsumer(results_topic, bootstrap_servers=settings.kafka_bootstrap,
+                                group_id=f"bench-{uuid.uuid4()}", auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    ingestor = spawn("ingestor", settings, logs)
+    launched = time.perf_counter()
+    stamps: list[int] = []
+    ok = 0
+    try:
+        while len(stamps) < commands and time.perf_counter() - launched < 900:
+            for records in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
+                for record in records:
+                    stamps.append(record.timestamp)
+                    ok += b'"ok": true' in record.value
+        wall = time.perf_counter() - launched
+    finally:
+        await consumer.stop()
+        stop(ingestor)
+    span = (max(stamps) - min(stamps)) / 1000 if len(stamps) > 1 else float("nan")
+    return {"commands": commands, "results": len(stamps), "ok": ok, "publish_seconds": round(published, 1),
+            "first_to_last_result_seconds": round(span, 2), "commands_per_s": round((len(stamps) - 1) / span, 1),
+            "wall_seconds_from_process_start": round(wall, 1),
+            "commands_per_s_from_process_start": round(len(stamps) / wall, 1)}
+
+
+async def fill_log(settings: Settings, clinic: dict, target: int) -> int:
+    """Top the log up to `target` events with real bookings decided by the domain (appended directly, not
+    through HTTP: this is the rebuild's input, not a measurement)."""
+    rt = Runtime(settings, components=())
+    await rt.start()
+    try:
+        async with rt.pool.acquire() as conn:
+            have = await conn.fetchval("SELECT count(*) FROM events")
+        missing = target - have
+        if missing <= 0:
+            return have
+        catalog = await rt.handler.catalog(clinic["org_id"])
+        service, branch = catalog.services[clinic["service_id"]], catalog.branches[clinic["branch_id"]]
+        today = dt.date.today()
+        now = dt.datetime.now(dt.timezone.utc)
+        streams = [(today + dt.timedelta(days=d), hour) for d in FILL_DAYS for hour in (9, 13, 17)]
+        per_stream = -(-missing // len(streams))
+        n = 0
+        appends = []
+        for day, hour in streams:
+            start = dt.datetime(day.year, day.month, day.day, hour, tzinfo=dt.timezone.utc)
+            placement = wd.place(catalog, service, branch, start, None, now)
+            window_day = wd.WindowDay(placement.window.window_id, day.isoformat())
+            events = []
+            for _ in range(per_stream):
+                n += 1
+                request = {"appointment_type": service.service_id, "patient_name": "History",
+                           "parent_phone": f"+4{n:09d}"}
+                for event in wd.book(catalog, window_day, placement, request, f"appt_{n:010d}", now):
+                    window_day.apply(event)
+                    events.append(NewEvent(event.type, event.data(), metadata={"actor": "bench-fill"}))
+            appends.append(Append(window_day.stream_id, 0, events, org_id=uuid.UUID(clinic["org_id"])))
+            if len(appends) == 20:
+                await rt.store.append(appends)
+                appends = []
+        if appends:
+            await rt.store.append(appends)
+        async with rt.pool.acquire() as conn:
+            return await conn.fetchval("SELECT count(*) FROM events")
+    finally:
+        await rt.stop()
+
+
+async def time_rebuild(settings: Settings) -> dict:
+    rt = Runtime(settings, components=())
+    await rt.start()
+    try:
+        started = time.perf_counter()
+        report = await rebuild(rt.pool, rt.store)
+        elapsed = time.perf_counter() - started
+        events = sum(r["events"] for r in report.values())
+        return {"projections": {name: r["events"] for name, r in report.items()}, "seconds": round(elapsed, 2),
+                "events_per_s": round(events / elapsed, 1),
+                "log_events": max(r["events"] for r in report.values())}
+    finally:
+        await rt.stop()
+
+
+# -- the run -----------------------------------------------------------------------------------------------
+
+def ratio(value: float | None, ceiling: float | None) -> float | None:
+    return round(value / ceiling, 3) if value and ceiling else None
+
+
+def table(report: dict) -> str:
+    c = report["ceiling_pgbench_tps"]
+    lines = [f"slotledger bench ({report['mode']}) {report['started']} on {report['machine']['cores']} cores, "
+             f"{report['machine']['memory_gb']} GB ({report['machine']['cpu']})", "",
+             f"{'measure':42} {'figure':>14} {'ratio to pgbench':>18}  target (DESIGN §7)"]
+
+    def row(name: str, figure: str, r: float | None = None, target: str = "") -> None:
+        lines.append(f"{name:42} {figure:>14} {(f'{r:.3f}' if r is not None else ''):>18}  {target}")
+
+    for clients in sorted(c, key=int):
+        row(f"pgbench 1-row INSERT, {clients} clients (tps)", f"{c[clients]:,.0f}")
+    for s in report["http_spread"]:
+        k = str(s["clients"])
+        row(f"http-spread {k} clients (creates/s)", f"{s['creates_per_s']:,.0f}", ratio(s["creates_per_s"], c.get(k)),
+            "≥ 1,500/s, ratio ≥ 0.2 (64 clients)" if k == "64" else "")
+        row(f"  latency p50/p95/p99 ms", "/".join(str(s["latency_ms"][p]) for p in ("p50", "p95", "p99")), None,
+            "p99 < 50 ms" if k == "64" else "")
+        row("  errors", str(s["errors"]))
+        lag = s["projection_lag_ms"]
+        row(f"projection-lag during {k} clients p50/p99 ms", f"{lag['p50']}/{lag['p99']}", None,
+            "p99 < 200 ms")
+    h = report["hot_window"]
+    row("hot-window 1,000 creates, 200 slots (dec/s)", f"{h['decisions_per_s']:,.0f}", None, "≥ 1,000/s")
+    row("  succeeded (must be exactly 200)", str(h["succeeded"]))
+    k = report["kafka_ingest"]
+    row(f"kafka-ingest {k['commands']:,} commands (cmd/s)", f"{k['commands_per_s']:,.0f}",
+        ratio(k["commands_per_s"], c.get("16")), "≥ 5,000/s, ratio ≥ 0.5 (vs 16 clients)")
+    row("  from ingestor process start (cmd/s)", f"{k['commands_per_s_from_process_start']:,.0f}")
+    r = report["rebuild"]
+    row(f"rebuild {r['log_events']:,} events × {len(r['projections'])} projections", f"{r['events_per_s']:,.0f}",
+        None, "≥ 30,000 events/s")
+    row("idle service memory (RSS MB)", str(report["idle_rss_mb"]), None, "< 150 MB")
+    if report.get("profile"):
+        lines += ["", f"profile of the service during http-spread 64 ({report['profile']['samples']} samples), "
+                  "top own time:"]
+        lines += [f"  {share:5.1f}%  {name}" for name, share in report["profile"]["own"]]
+        lines += ["top inclusive:"] + [f"  {share:5.1f}%  {name}" for name, share in report["profile"]["inclusive"]]
+    return "\n".join(lines)
+
+
+async def run(full: bool, profile: bool) -> dict:
+    seconds = 30 if full else 8
+    pg_seconds = 15 if full else 5
+    kafka_commands = 50_000 if full else 10_000
+    rebuild_target = 200_000 if full else 60_000
+    work = Path(tempfile.mkdtemp(prefix="slotledger-bench-"))
+    OUT.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    logs = OUT / f"service-{stamp}.log"
+    report: dict = {"mode": "full" if full else "short", "started": stamp, "machine": machine()}
+    log(f"starting PostgreSQL (durable) and Kafka in {work}")
+    pg = LocalPostgres(work / "postgres", durable=True).start()
+    kafka = LocalKafka(work / "kafka").start()
+    service = None
+    try:
+        settings = Settings(database_url=pg.url, kafka_bootstrap=kafka.bootstrap, topic_prefix="bench",
+                            http_port=free_port(), state_dir=work)
+        clinic = await set_up_clinic(settings)
+        url = f"http://127.0.0.1:{settings.http_port}"
+        service = spawn("gateway,projectors,relay", settings, logs)
+        wait_ready(url)
+        await asyncio.sleep(3)
+        report["idle_rss_mb"] = rss_mb(service.pid)
+
+        script = work / "insert.sql"
+        script.write_text("INSERT INTO bench_ceiling (v) VALUES (1);\n")
+        conn = await asyncpg.connect(pg.url)
+        await conn.execute("CREATE TABLE bench_ceiling (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v int)")
+        await conn.close()
+        report["ceiling_pgbench_tps"] = {}
+        for clients in (1, 16, 64):
+            report["ceiling_pgbench_tps"][str(clients)] = pgbench(pg.port, clients, pg_seconds, script)
+            log(f"pgbench {clients} clients: {report['ceiling_pgbench_tps'][str(clients)]:,.0f} tps")
+
+        report["http_spread"] = []
+        for clients in (16, 64):
+            raw = OUT / f"profile-{stamp}.txt"
+            spy = profile_start(service.pid, seconds, raw) if profile and clients == 64 else None
+            result = loadgen("spread", "--url", url, "--key", clinic["key"], "--clients", str(clients), "--seconds",
+                             str(seconds), "--days", str(SPREAD_DAYS), "--lag-every", "50")
+            report["http_spread"].append(result)
+            log(f"http-spread {clients}: {result['creates_per_s']:,.0f} creates/s, p99 {result['latency_ms']['p99']} ms")
+            if spy is not None:
+                spy.wait(60)
+                if raw.exists():
+                    report["profile"] = profile_top(raw)
+                    report["profile"]["raw"] = str(raw)
+
+        hot_date = dt.date.today() + dt.timedelta(days=HOT_DAY)
+        window_id = clinic["windows"][(WEEKDAYS[hot_date.weekday()], "Morning")]
+        req = urllib.request.Request(f"{url}/v1/schedule-tracking/{window_id}/{hot_date}", method="PATCH",
+                                     data=json.dumps({"max_slots": 200}).encode(),
+                                     headers={"Authorization": f"Bearer {clinic['key']}",
+                                              "Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).read()
+        report["hot_window"] = loadgen("hot", "--url", url, "--key", clinic["key"], "--requests", "1000",
+                                       "--when", f"{hot_date}T09:00:00Z")
+        log(f"hot-window: {report['hot_window']}")
+
+        report["kafka_ingest"] = await kafka_ingest(settings, clinic, kafka_commands, logs)
+        log(f"kafka-ingest: {report['kafka_ingest']}")
+
+        stop(service)
+        service = None
+        log(f"filling the log to {rebuild_target:,} events for the rebuild")
+        await fill_log(settings, clinic, rebuild_target)
+        report["rebuild"] = await time_rebuild(settings)
+        log(f"rebuild: {report['rebuild']}")
+    finally:
+        if service is not None:
+            stop(service)
+        kafka.stop()
+        pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    c = report["ceiling_pgbench_tps"]
+    report["ratios"] = {
+        **{f"http_spread_{s['clients']}": ratio(s["creates_per_s"], c.get(str(s["clients"])))
+           for s in report["http_spread"]},
+        "kafka_ingest_vs_16": ratio(report["kafka_ingest"]["commands_per_s"], c.get("16")),
+    }
+    text = table(report)
+    (OUT / f"report-{stamp}.json").write_text(json.dumps(report, indent=2))
+    (OUT / f"report-{stamp}.txt").write_text(text + "\n")
+    print(text)
+    print(f"\nreport: {OUT / f'report-{stamp}.json'}")
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--full", action="store_true", help="the full run: longer phases, 50,000 Kafka commands, "
+                        "200,000 events rebuilt")
+    parser.add_argument("--profile", action="store_true", help="py-spy the service during http-spread 64")
+    args = parser.parse_args()
+    asyncio.run(run(args.full, args.profile))
+
+
+if __name__ == "__main__":
+    main()
