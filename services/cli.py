@@ -32,6 +32,17 @@ async def _serve(settings: Settings, components: tuple[str, ...],
         await runtime.stop()
 
 
+def _run_service(main: Awaitable[None]) -> None:
+    """The service's event loop is uvloop where it is installed: its sockets and scheduling are several times
+    cheaper than asyncio's own loop, and the gateway, the ingestor and asyncpg all spend their time there."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     settings = Settings()
     if running_stack(settings):
@@ -56,7 +67,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"slotledger is up: {runtime.http_url}/readyz (Ctrl-C stops everything)", flush=True)
 
     try:
-        asyncio.run(_serve(settings, COMPONENTS, ready))
+        _run_service(_serve(settings, COMPONENTS, ready))
     finally:
         stack.stop()
     return 0
@@ -72,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if unknown:
         print(f"slotledger serve: unknown component(s) {sorted(unknown)}; choose from {COMPONENTS}", file=sys.stderr)
         return 2
-    asyncio.run(_serve(settings, components))
+    _run_service(_serve(settings, components))
     return 0
 
 

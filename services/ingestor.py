@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -271,7 +272,7 @@ class Ingestor:
                                                        headers=headers))
             if item.result is not None:
                 sends.append(await self._producer.send(
-                    s.topic("command-results"), value=json.dumps(item.result).encode(),
+                    s.topic("command-results"), value=orjson.dumps(item.result),
                     key=str(item.result["command_id"]).encode()))
         await asyncio.gather(*sends)  # acknowledged by the broker before the offsets move
 

@@ -19,16 +19,38 @@ def all_projectors() -> list[Projector]:
     return [AppointmentsProjector(), ScheduleProjector()]
 
 
-async def run_batch(conn: asyncpg.Connection, store: EventStore, projector: Projector, limit: int = 500) -> int:
-    """Project the next batch; returns how many events it applied. Several runners may race: the advisory
-    lock lets one at a time move a projector's checkpoint."""
+def _lock_key(projector: Projector) -> int:
+    return zlib.crc32(projector.name.encode())
+
+
+async def run_batch(conn: asyncpg.Connection, store: EventStore, projectors: list[Projector],
+                    limit: int = 1000) -> int:
+    """Project the next batch of the log into every projector, each from its own checkpoint, in one
+    transaction; returns how many events were read. Several runners may race: the advisory locks let one at a
+    time move a projector's checkpoint. The log is read once for all of them."""
+    names = [p.name for p in projectors]
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", zlib.crc32(projector.name.encode()))
-        checkpoint = await load_checkpoint(conn, projector.name)
-        batch = await store.read_log(checkpoint, limit, conn)
-        await apply_batch(conn, projector, batch)
-        if batch:
-            await save_checkpoint(conn, projector.name, batch[-1].log_position)
+        # Lock first, then read the checkpoints in a later statement: its snapshot then sees what the previous
+        # holder of the lock committed.
+        await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) k",
+                           [_lock_key(p) for p in projectors])
+        rows = await conn.fetch("SELECT n.name, c.transaction_id::text::bigint AS tx, c.global_position"
+                                " FROM unnest($1::text[]) n(name) LEFT JOIN checkpoints c ON c.name = n.name", names)
+        checkpoints = {r["name"]: START if r["tx"] is None else LogPosition(r["tx"], r["global_position"])
+                       for r in rows}
+        batch = await store.read_log(min(checkpoints.values()), limit, conn)
+        if not batch:
+            return 0
+        end = batch[-1].log_position
+        behind = [p for p in projectors if checkpoints[p.name] < end]  # one just rebuilt may be ahead of another
+        for projector in behind:
+            after = checkpoints[projector.name]
+            await apply_batch(conn, projector, [e for e in batch if e.log_position > after])
+        await conn.execute(
+            "INSERT INTO checkpoints (name, transaction_id, global_position)"
+            " SELECT unnest($1::text[]), $2::text::xid8, $3 ON CONFLICT (name) DO UPDATE"
+            " SET transaction_id = EXCLUDED.transaction_id, global_position = EXCLUDED.global_position,"
+            " updated_at = now()", [p.name for p in behind], str(end.transaction_id), end.global_position)
         return len(batch)
 
 
@@ -38,23 +60,25 @@ class ProjectorRunner:
     store: EventStore
     waker: LogWaker
     poll_interval: float = 1.0
+    settle: float = 0.005  # after a wake-up, let a burst of commits land so they are projected as one batch
     projectors: list[Projector] = field(default_factory=all_projectors)
 
-    async def run(self, projector: Projector) -> None:
+    async def run(self) -> None:
         flag = self.waker.subscribe()
         while True:
             try:
                 async with self.pool.acquire() as conn:
-                    applied = await run_batch(conn, self.store, projector)
-                if applied:
+                    read = await run_batch(conn, self.store, self.projectors)
+                if read:
                     continue
             except (asyncpg.PostgresError, OSError) as exc:
-                log.warning("projector batch failed; retrying", projector=projector.name, error=str(exc))
+                log.warning("projector batch failed; retrying", error=str(exc))
                 await asyncio.sleep(self.poll_interval)
             await wait_flag(flag, self.poll_interval)
+            await asyncio.sleep(self.settle)
 
     def tasks(self) -> list[asyncio.Task]:
-        return [asyncio.create_task(self.run(p), name=f"projector-{p.name}") for p in self.projectors]
+        return [asyncio.create_task(self.run(), name="projectors")]
 
 
 async def checkpoint_of(pool: asyncpg.Pool, name: str) -> LogPosition:
@@ -84,7 +108,7 @@ async def rebuild(pool: asyncpg.Pool, store: EventStore, names: list[str] | None
         if names and projector.name not in names:
             continue
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", zlib.crc32(projector.name.encode()))
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(projector))
             for table in projector.tables:
                 await conn.execute(f"TRUNCATE {table}")
             await conn.execute("DELETE FROM checkpoints WHERE name = $1", projector.name)

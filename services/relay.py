@@ -7,12 +7,12 @@ and nothing is ever skipped. Several relays may run; an advisory lock lets one p
 from __future__ import annotations
 
 import asyncio
-import json
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
@@ -94,6 +94,7 @@ class Relay:
                 log.warning("relay batch failed; retrying", error=repr(exc))
                 await asyncio.sleep(self.settings.poll_interval_seconds)
             await wait_flag(flag, self.settings.poll_interval_seconds)
+            await asyncio.sleep(0.005)  # let a burst of commits land: one batch, one produce round
 
     async def relay_batch(self) -> int:
         """Publish the next batch and move the checkpoint; returns how many events were published."""
@@ -104,7 +105,7 @@ class Relay:
             batch = await self.store.read_log(await load_checkpoint(conn, CHECKPOINT), self.batch_size, conn)
             if not batch:
                 return 0
-            sends = [await self._producer.send(topic, value=json.dumps(cloud_event(e)).encode(), key=message_key(e))
+            sends = [await self._producer.send(topic, value=orjson.dumps(cloud_event(e)), key=message_key(e))
                      for e in batch]
             await asyncio.gather(*sends)
             await save_checkpoint(conn, CHECKPOINT, batch[-1].log_position)

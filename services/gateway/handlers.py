@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
@@ -20,6 +21,10 @@ from services.keys import Principal
 from services.runtime import Runtime
 
 
+def json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 REQUEST_ID = web.RequestKey("request_id", str)
 
 
@@ -29,7 +34,8 @@ class ConfigOut(BaseModel):
 
 def ok(data: Any, status: int = 200, position: int | None = None, **top: Any) -> web.Response:
     headers = {"X-Position": str(position)} if position is not None else None
-    return web.json_response({"success": True, **top, "data": data}, status=status, headers=headers)
+    return web.json_response({"success": True, **top, "data": data}, status=status, headers=headers,
+                             dumps=json_text)
 
 
 def answer(outcome: Outcome, **top: Any) -> web.Response:

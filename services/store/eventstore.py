@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -10,6 +9,7 @@ from datetime import datetime
 from typing import Any, NamedTuple, Sequence
 
 import asyncpg
+import orjson
 
 
 class ConcurrencyError(Exception):
@@ -125,9 +125,13 @@ LIMIT $3
 """
 
 
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     for kind in ("json", "jsonb"):
-        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(kind, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
 
 
 async def _release(conn: asyncpg.Connection) -> None:

@@ -13,7 +13,7 @@ from schemas.kafka import CloudEvent
 from services.runtime import Runtime
 from services.settings import Settings
 from tests.e2e.conftest import local_at, new_org, setup_clinic
-from tests.e2e.kafka import command, encoded, publish, read_topic, results_by_command, service_process
+from tests.e2e.kafka import command, encoded, publish, read_topic, service_process
 
 
 async def _log(rt: Runtime) -> list[dict]:
