@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -98,6 +99,40 @@ def wait_ready(url: str, timeout: float = 60) -> None:
     raise RuntimeError("the service did not become ready")
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / _TICK  # self + reaped children
+
+
+def _children(parent: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                out.append(int(stat.parent.name))
+        except (FileNotFoundError, ValueError, IndexError):
+            pass
+    return out
+
+
+def cpu_snapshot(service: int, postgres: int, kafka: int) -> dict[str, float]:
+    """CPU seconds so far of the service, PostgreSQL (postmaster and backends) and the broker."""
+    return {"service": _cpu(service), "postgres": _cpu(postgres) + sum(_cpu(p) for p in _children(postgres)),
+            "kafka": _cpu(kafka)}
+
+
+def cpu_share(before: dict[str, float], after: dict[str, float], seconds: float, loadgen_cpu: float) -> dict:
+    used = {k: after[k] - before[k] for k in before}
+    used["loadgen"] = loadgen_cpu
+    return {k: round(v / seconds, 2) for k, v in used.items()}  # cores busy on average
+
+
 def rss_mb(pid: int) -> float:
     return round(int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1)) / 1024, 1)
 
@@ -141,9 +176,13 @@ def pgbench(pg_url_port: int, clients: int, seconds: int, script: Path) -> float
 
 
 def loadgen(*args: str) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run([sys.executable, "-m", "bench.loadgen", *args], capture_output=True, text=True,
                             cwd=ROOT, check=True)
-    return json.loads(result.stdout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    report = json.loads(result.stdout)
+    report["loadgen_cpu_seconds"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2)
+    return report
 
 
 def profile_start(pid: int, seconds: int, out: Path) -> subprocess.Popen | None:
@@ -304,6 +343,7 @@ def table(report: dict) -> str:
         row("  latency p50/p95/p99 ms", "/".join(str(s["latency_ms"][p]) for p in ("p50", "p95", "p99")), None,
             "p99 < 50 ms" if k == "64" else "")
         row("  errors", str(s["errors"]))
+        row("  cores busy: " + ", ".join(f"{k} {v}" for k, v in s["cores_busy"].items()), "")
         lag = s["projection_lag_ms"]
         row(f"projection-lag during {k} clients p50/p99 ms", f"{lag['p50']}/{lag['p99']}", None,
             "p99 < 200 ms")
@@ -364,8 +404,11 @@ async def run(full: bool, profile: bool) -> dict:
         for clients in (16, 64):
             raw = OUT / f"profile-{stamp}.txt"
             spy = profile_start(service.pid, seconds, raw) if profile and clients == 64 else None
+            cpu_before = cpu_snapshot(service.pid, pg.process.pid, kafka.process.pid)
             result = loadgen("spread", "--url", url, "--key", clinic["key"], "--clients", str(clients), "--seconds",
                              str(seconds), "--days", str(SPREAD_DAYS), "--lag-every", "50")
+            result["cores_busy"] = cpu_share(cpu_before, cpu_snapshot(service.pid, pg.process.pid, kafka.process.pid),
+                                             result["seconds"], result["loadgen_cpu_seconds"])
             report["http_spread"].append(result)
             log(f"http-spread {clients}: {result['creates_per_s']:,.0f} creates/s, p99 {result['latency_ms']['p99']} ms")
             if spy is not None:

@@ -179,12 +179,14 @@ class CommandHandler:
         row retries the command."""
         try:
             async with conn.transaction():
-                return await write()
+                outcome = await write()
         except BaseException as exc:
             self._forget(*(day.stream_id for day in days))
             if isinstance(exc, (ConcurrencyError, asyncpg.UniqueViolationError)):
                 raise _Retry from None
             raise
+        self.store.announce()
+        return outcome
 
     # -- configuration -------------------------------------------------------------------------------
     async def create_org(self, name: str, timezone_name: str, meta: Meta | None = None) -> cat.Catalog:
@@ -194,6 +196,7 @@ class CommandHandler:
             await conn.execute("INSERT INTO orgs (org_id, name, config_version) VALUES ($1, $2, 1)",
                                uuid.UUID(org_id), name.strip())
             await self._append(conn, org_id, {f"org-{org_id}": (0, events)}, meta or Meta())
+        self.store.announce()
         return await self.catalog(org_id)
 
     async def configure(self, org_id: str, stream: str, decide: Callable[[cat.Catalog], list[ev.Event]],
@@ -222,6 +225,7 @@ class CommandHandler:
                     except ConcurrencyError:
                         self._catalogs.pop(org_id, None)
                         raise _Retry from None
+                    self.store.announce()
                     return outcome
 
             return await self._retrying(attempt)
@@ -363,6 +367,7 @@ class CommandHandler:
             if isinstance(exc, ConcurrencyError):
                 raise _Retry from None
             raise
+        self.store.announce()
         outcome.position = outcome.data["position"] = stored[-1].position
         return outcome
 

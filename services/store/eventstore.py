@@ -6,7 +6,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import asyncpg
 import orjson
@@ -161,12 +161,24 @@ class EventStore:
     def __init__(self, pool: asyncpg.Pool, schema: str = "public"):
         self.pool = pool
         self.schema = schema
+        self._on_commit: list[Callable[[], None]] = []
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        self._on_commit.append(listener)
+
+    def announce(self) -> None:
+        """Events were committed: wake the log's readers (see LogWaker). Writers call it after their commit."""
+        for listener in self._on_commit:
+            listener()
 
     async def append(self, appends: Sequence[Append], conn: asyncpg.Connection | None = None) -> list[StoredEvent]:
         """Append to every stream or to none. Pass `conn` to join the caller's transaction."""
         if conn is None:
-            async with self.pool.acquire() as own, own.transaction():
-                return await self.append(appends, own)
+            async with self.pool.acquire() as own:
+                async with own.transaction():
+                    stored = await self.append(appends, own)
+                self.announce()
+                return stored
         stored: list[StoredEvent] = []
         for append in appends:
             stored.extend(await self._append_one(conn, append))
@@ -269,17 +281,26 @@ async def save_checkpoint(conn: asyncpg.Connection, name: str, position: LogPosi
 
 
 class LogWaker:
-    """Wakes log readers on NOTIFY from the events trigger; readers also poll, in case a notice is lost."""
+    """Wakes log readers. In-process readers are poked as soon as a writer here announces a commit; readers in
+    other processes get a NOTIFY, sent at most once per `coalesce` seconds however many commits there were:
+    NOTIFY takes a database-wide lock at commit, so a NOTIFY in every writing transaction (a trigger) would
+    serialise all commits. Readers also poll, for writers that announce nothing."""
 
-    def __init__(self, store: EventStore, url: str):
+    def __init__(self, store: EventStore, url: str, coalesce: float = 0.002):
         self.store = store
         self.url = url
+        self.coalesce = coalesce
         self._subscribers: set[asyncio.Event] = set()
         self._conn: asyncpg.Connection | None = None
+        self._pending = asyncio.Event()
+        self._token = uuid.uuid4().hex  # our own NOTIFYs come back to us; they are not news
+        self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
         self._conn = await asyncpg.connect(self.url)
         await self._conn.add_listener(self.store.channel, self._on_notify)
+        self.store.on_commit(self._committed)
+        self._task = asyncio.create_task(self._notify_others(), name="log-notify")
 
     def subscribe(self) -> asyncio.Event:
         """Each reader gets its own flag, so one reader's wake-up never hides another's."""
@@ -287,14 +308,32 @@ class LogWaker:
         self._subscribers.add(flag)
         return flag
 
-    def _on_notify(self, *_: object) -> None:
+    def _committed(self) -> None:
         self.poke()
+        self._pending.set()
+
+    def _on_notify(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        if payload != self._token:
+            self.poke()
 
     def poke(self) -> None:
         for flag in self._subscribers:
             flag.set()
 
+    async def _notify_others(self) -> None:
+        while True:
+            await self._pending.wait()
+            self._pending.clear()
+            try:
+                await self._conn.execute("SELECT pg_notify($1, $2)", self.store.channel, self._token)
+            except (asyncpg.PostgresError, OSError):
+                pass  # the other processes' readers poll
+            await asyncio.sleep(self.coalesce)
+
     async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         if self._conn is not None:
             await self._conn.close()
             self._conn = None

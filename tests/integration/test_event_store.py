@@ -5,7 +5,7 @@ import asyncpg
 import pytest
 
 from services.store.eventstore import (
-    START, Append, ConcurrencyError, LogWaker, NewEvent, load_checkpoint, save_checkpoint, wait_flag,
+    START, Append, ConcurrencyError, EventStore, LogWaker, NewEvent, load_checkpoint, save_checkpoint, wait_flag,
 )
 
 
@@ -185,18 +185,24 @@ async def test_checkpoint_moves_only_with_the_consumers_transaction(pool):
         assert await load_checkpoint(conn, "p") == (10, 7)
 
 
-async def test_notify_wakes_readers_on_commit(store, pg_url):
-    waker = LogWaker(store, pg_url)
-    await waker.start()
+async def test_a_commit_wakes_readers_here_at_once_and_in_other_processes_by_notify(store, pool, schema, pg_url):
+    here = LogWaker(store, pg_url)
+    elsewhere_store = EventStore(pool, schema)  # another process's view of the same log
+    elsewhere = LogWaker(elsewhere_store, pg_url)
+    await here.start()
+    await elsewhere.start()
     try:
-        flag = waker.subscribe()
+        local, remote = here.subscribe(), elsewhere.subscribe()
         await store.append([Append("n", 0, [ev(1)])])
-        await asyncio.wait_for(flag.wait(), 5)
-        flag.clear()
-        await wait_flag(flag, 0.2)  # no further events: times out quietly
-        assert not flag.is_set()
+        assert local.is_set()  # in-process: poked as the append returns
+        await asyncio.wait_for(remote.wait(), 5)  # the other process: by NOTIFY
+        local.clear()
+        remote.clear()
+        await wait_flag(remote, 0.2)  # no further events: times out quietly, and our own NOTIFY is not news
+        assert not remote.is_set() and not local.is_set()
     finally:
-        await waker.stop()
+        await here.stop()
+        await elsewhere.stop()
 
 
 async def test_event_metadata_and_schema_version_round_trip(store):
