@@ -26,6 +26,7 @@ from domain import windowday as wd
 from domain.errors import DomainError, not_found
 from domain.timerules import local, parse_day, parse_instant
 from schemas.kafka import CommandResult
+from services import booking_batch
 from services.store.eventstore import GUARD, Append, ConcurrencyError, EventStore, NewEvent, SideWrite, StoredEvent
 
 _ALPHABET = string.ascii_lowercase + string.digits
@@ -89,6 +90,7 @@ class CommandHandler:
     _catalogs: dict[str, tuple[int, cat.Catalog, dict[str, int]]] = field(default_factory=dict)
     _days: OrderedDict[str, wd.WindowDay] = field(default_factory=OrderedDict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _queues: dict[str, list] = field(default_factory=dict)  # creates waiting to be decided together, per stream
 
     # -- plumbing ------------------------------------------------------------------------------------
     def _lock(self, key: str) -> asyncio.Lock:
@@ -265,20 +267,18 @@ class CommandHandler:
 
     async def _create_from_cache(self, conn: asyncpg.Connection, org_id: str, request: dict[str, Any],
                                  meta: Meta) -> Outcome | None:
-        """The common create (no external reference, no doctor) in one round trip: decided on the cached
-        configuration and appended with the write-side rows in one statement that also checks the cached
-        configuration is still current. A duplicate in another window-day surfaces as the unique row's
-        violation. None: take the careful path, which reads everything first; every refusal is given from there,
-        so rule order and codes never depend on the cache."""
+        """The common create (no external reference, no doctor), decided on the cached configuration and
+        appended with its write-side rows in one statement that also checks that configuration is current.
+        Creates queued for the same window-day are decided and appended together (see booking_batch).
+        None: take the careful path, which reads everything first."""
         if request.get("assigned_doctor"):
             return None
         version, catalog, _ = self._catalogs[org_id]
         try:
             placement = self._placement(catalog, request)
-            async with self._lock(placement.stream_id):
-                return await self._book(conn, org_id, catalog, placement, request, meta, None, version)
-        except (DomainError, _Retry):
-            return None
+        except DomainError:
+            return None  # refusals of rules 3–7 are given from a verified configuration
+        return await booking_batch.submit(self, conn, org_id, catalog, version, placement, request, meta)
 
     async def _existing(self, org_id: str, appointment_id: str, conn: asyncpg.Connection) -> Outcome:
         stream = await conn.fetchval("SELECT stream_id FROM appointment_streams WHERE appointment_id = $1",
