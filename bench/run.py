@@ -195,6 +195,12 @@ def profile_start(pid: int, seconds: int, out: Path) -> subprocess.Popen | None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def _frame(raw: str) -> str:
+    """'name (path/file.py:12)' → 'name (file.py)'."""
+    name, _, where = raw.partition(" (")
+    return f"{name} ({where.split(':')[0].split('/')[-1]})" if where else name
+
+
 def profile_top(raw: Path, n: int = 15) -> dict:
     """Top functions of py-spy's folded stacks: by own samples and by inclusive samples."""
     own: Counter = Counter()
@@ -202,8 +208,9 @@ def profile_top(raw: Path, n: int = 15) -> dict:
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].split("/")[-1] + ")" if " (" in f else f
-                  for f in stack.split(";")]
+        if not count.isdigit():  # a line cut short when py-spy was stopped
+            continue
+        frames = [_frame(f) for f in stack.split(";")]
         samples = int(count)
         total += samples
         own[frames[-1]] += samples
