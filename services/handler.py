@@ -64,8 +64,6 @@ class _Retry(Exception):
     pass
 
 
-_UNREAD = object()  # a pre-read not yet made
-
 
 class CommandAlreadyApplied(Exception):
     """Another delivery of this command_id committed first; nothing of this one was written."""
@@ -150,13 +148,11 @@ class CommandHandler:
             self._days.pop(stream, None)
 
     async def _append(self, conn: asyncpg.Connection, org_id: str, by_stream: dict[str, tuple[int, list[ev.Event]]],
-                      meta: Meta, side_writes: list[SideWrite] | None = None,
-                      condition: SideWrite | None = None) -> list[StoredEvent]:
-        """Append per stream; `side_writes` and `condition` ride in the statement of the (single) stream."""
+                      meta: Meta, side_writes: list[SideWrite] | None = None) -> list[StoredEvent]:
+        """Append per stream; `side_writes` ride in the statement of the (single) stream."""
         appends = [
             Append(stream, expected, [NewEvent(e.type, e.data(), schema_version=e.version, metadata=meta.as_dict())
-                                      for e in events], org_id=uuid.UUID(org_id), side_writes=side_writes or (),
-                   condition=condition)
+                                      for e in events], org_id=uuid.UUID(org_id), side_writes=side_writes or ())
             for stream, (expected, events) in by_stream.items()
         ]
         return await self.store.append(appends, conn)
@@ -291,19 +287,17 @@ class CommandHandler:
         return written(200, day.appointments[appointment_id], None, idempotent=True)
 
     async def _book(self, conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, placement: wd.Placement,
-                    request: dict[str, Any], meta: Meta, duplicate: str | None | object = _UNREAD,
-                    config_version: int | None = None) -> Outcome:
+                    request: dict[str, Any], meta: Meta) -> Outcome:
         ref = request.get("external_reference_id")
         phone = wd.normalise_phone(request["parent_phone"])
-        if duplicate is _UNREAD:
-            row = await conn.fetchrow(
-                "SELECT (SELECT appointment_id FROM booking_refs WHERE org_id = $1 AND external_reference_id = $2)"
-                " AS by_ref, (SELECT appointment_id FROM booking_keys WHERE org_id = $1 AND phone = $3"
-                " AND service_id = $4 AND local_date = $5) AS duplicate",
-                uuid.UUID(org_id), ref, phone, placement.service.service_id, placement.local_date)
-            if row["by_ref"]:
-                return await self._existing(org_id, row["by_ref"], conn)
-            duplicate = row["duplicate"]
+        row = await conn.fetchrow(
+            "SELECT (SELECT appointment_id FROM booking_refs WHERE org_id = $1 AND external_reference_id = $2)"
+            " AS by_ref, (SELECT appointment_id FROM booking_keys WHERE org_id = $1 AND phone = $3"
+            " AND service_id = $4 AND local_date = $5) AS duplicate",
+            uuid.UUID(org_id), ref, phone, placement.service.service_id, placement.local_date)
+        if row["by_ref"]:
+            return await self._existing(org_id, row["by_ref"], conn)
+        duplicate = row["duplicate"]
         day = await self._day(placement.stream_id, placement.window.window_id, placement.local_date.isoformat(),
                               conn)
         appointment_id = new_appointment_id()
@@ -324,10 +318,7 @@ class CommandHandler:
                                   f" WHERE {GUARD}", (org, phone, placement.service.service_id,
                                                       placement.local_date, appointment_id)))
         if doctor is None:  # the common case: one statement, one round trip
-            condition = None if config_version is None else SideWrite(
-                "EXISTS (SELECT 1 FROM orgs WHERE org_id = $1::uuid AND config_version = $2::bigint)",
-                (org, config_version))
-            return await self._append_at_once(conn, org_id, day, events, side, meta, appointment_id, 201, condition)
+            return await self._append_at_once(conn, org_id, day, events, side, meta, appointment_id, 201)
 
         async def write() -> Outcome:
             await self._hold_doctor(conn, org_id, appointment_id, None, doctor)
@@ -341,7 +332,7 @@ class CommandHandler:
 
     async def _append_at_once(self, conn: asyncpg.Connection, org_id: str, day: wd.WindowDay,
                               events: list[ev.Event], side: list[SideWrite], meta: Meta, appointment_id: str,
-                              status: int, condition: SideWrite | None = None) -> Outcome:
+                              status: int) -> Outcome:
         """Append to one window-day with its write-side rows (and the Kafka command's result) in a single
         statement, which is its own transaction. The day is locked: its events are folded in first, so the
         result can be recorded in the same statement, and dropped from the cache if the statement fails."""
@@ -356,7 +347,7 @@ class CommandHandler:
                 " to_jsonb(max(global_position))) FROM ins HAVING count(*) > 0",
                 (uuid.UUID(meta.command_id), uuid.UUID(org_id), result))]
         try:
-            stored = await self._append(conn, org_id, {day.stream_id: (expected, events)}, meta, side, condition)
+            stored = await self._append(conn, org_id, {day.stream_id: (expected, events)}, meta, side)
         except asyncpg.UniqueViolationError as exc:
             self._forget(day.stream_id)
             if exc.constraint_name == "command_results_pkey":
