@@ -318,10 +318,12 @@ async def time_rebuild(settings: Settings) -> dict:
         started = time.perf_counter()
         report = await rebuild(rt.pool, rt.store)
         elapsed = time.perf_counter() - started
-        events = sum(r["events"] for r in report.values())
+        log_events = max(r["events"] for r in report.values())
         return {"projections": {name: r["events"] for name, r in report.items()}, "seconds": round(elapsed, 2),
-                "events_per_s": round(events / elapsed, 1),
-                "log_events": max(r["events"] for r in report.values())}
+                "log_events": log_events,
+                # each event of the log into every projection: the rate at which the log is rebuilt
+                "events_per_s": round(log_events / elapsed, 1),
+                "projected_events_per_s": round(sum(r["events"] for r in report.values()) / elapsed, 1)}
     finally:
         await rt.stop()
 
@@ -362,8 +364,8 @@ def table(report: dict) -> str:
         ratio(k["commands_per_s"], c.get("16")), "≥ 5,000/s, ratio ≥ 0.5 (vs 16 clients)")
     row("  from ingestor process start (cmd/s)", f"{k['commands_per_s_from_process_start']:,.0f}")
     r = report["rebuild"]
-    row(f"rebuild {r['log_events']:,} events × {len(r['projections'])} projections", f"{r['events_per_s']:,.0f}",
-        None, "≥ 30,000 events/s")
+    row(f"rebuild {r['log_events']:,} log events into all {len(r['projections'])} projections (ev/s)",
+        f"{r['events_per_s']:,.0f}", None, "≥ 30,000 events/s")
     row("idle service memory (RSS MB)", str(report["idle_rss_mb"]), None, "< 150 MB")
     if report.get("profile"):
         lines += ["", f"profile of the service during http-spread 64 ({report['profile']['samples']} samples), "

@@ -12,7 +12,9 @@ class Event:
     version: ClassVar[int] = 1
 
     def data(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Shallow: the fields are JSON-native and an event is never changed once made (it is frozen, and those
+        # who fold it copy what they keep), so asdict's deep copy would only cost time on every write.
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 # -- configuration streams: org-<id>, service-<id>, branch-<id>, window-<id> ----------------------------

@@ -7,7 +7,6 @@ them race-free.
 """
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -79,7 +78,7 @@ class WindowDay:
     def apply(self, event: ev.Event) -> None:
         match event:
             case ev.AppointmentBooked() | ev.AppointmentRescheduled():
-                record = copy.deepcopy(event.appointment)
+                record = dict(event.appointment)  # flat: scalars only
                 self.appointments[record["appointment_id"]] = record
                 self.last_token = max(self.last_token, record["token"] or 0)
             case ev.AppointmentMovedOut():

@@ -102,23 +102,24 @@ async def wait_for_position(pool: asyncpg.Pool, store: EventStore, name: str, gl
 
 
 async def rebuild(pool: asyncpg.Pool, store: EventStore, names: list[str] | None = None) -> dict[str, dict]:
-    """Empty the chosen read models and replay the whole log into them, in one transaction each."""
+    """Empty the chosen read models and replay the whole log into them, reading it once, in one transaction."""
+    chosen = [p for p in all_projectors() if not names or p.name in names]
     report: dict[str, dict] = {}
-    for projector in all_projectors():
-        if names and projector.name not in names:
-            continue
-        async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn, conn.transaction():
+        for projector in chosen:  # in the runner's order, so the two never deadlock
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(projector))
             for table in projector.tables:
                 await conn.execute(f"TRUNCATE {table}")
             await conn.execute("DELETE FROM checkpoints WHERE name = $1", projector.name)
-            position, events = START, 0
-            while batch := await store.read_log(position, 5000, conn):
+        position, events = START, 0
+        while batch := await store.read_log(position, 5000, conn):
+            for projector in chosen:
                 await apply_batch(conn, projector, batch)
-                events += len(batch)
-                position = batch[-1].log_position
+            events += len(batch)
+            position = batch[-1].log_position
+        for projector in chosen:
             if events:
                 await save_checkpoint(conn, projector.name, position)
             rows = {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in projector.tables}
-        report[projector.name] = {"events": events, "rows": rows}
+            report[projector.name] = {"events": events, "rows": rows}
     return report
