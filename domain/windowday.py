@@ -70,6 +70,10 @@ class WindowDay:
     max_slots: int | None = None  # this date's own capacity, over the window's
     last_token: int = 0
     appointments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Derived from the active appointments, so a decision never scans the day: who holds which
+    # (phone, type), and how many hold each type.
+    _holders: dict[tuple[str, str], set[str]] = field(default_factory=dict, repr=False, compare=False)
+    _active: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def stream_id(self) -> str:
@@ -79,10 +83,12 @@ class WindowDay:
         match event:
             case ev.AppointmentBooked() | ev.AppointmentRescheduled():
                 record = dict(event.appointment)  # flat: scalars only
+                self._unindex(self.appointments.get(record["appointment_id"]))
                 self.appointments[record["appointment_id"]] = record
+                self._index(record)
                 self.last_token = max(self.last_token, record["token"] or 0)
             case ev.AppointmentMovedOut():
-                self.appointments.pop(event.appointment_id, None)
+                self._unindex(self.appointments.pop(event.appointment_id, None))
             case ev.AppointmentDetailsChanged():
                 self._touch(event.appointment_id, event.updated_at, event.changes)
             case ev.AppointmentStatusChanged():
@@ -96,9 +102,25 @@ class WindowDay:
 
     def _touch(self, appointment_id: str, updated_at: str, changes: dict[str, Any]) -> None:
         record = self.appointments[appointment_id]
+        self._unindex(record)
         record.update(changes)
         record["updated_at"] = updated_at
         record["version"] += 1
+        self._index(record)
+
+    def _index(self, record: dict[str, Any]) -> None:
+        if is_active(record):
+            key = (normalise_phone(record["parent_phone"]), record["appointment_type"])
+            self._holders.setdefault(key, set()).add(record["appointment_id"])
+            self._active[record["appointment_type"]] = self._active.get(record["appointment_type"], 0) + 1
+
+    def _unindex(self, record: dict[str, Any] | None) -> None:
+        if record is None or not is_active(record):
+            return
+        holders = self._holders.get((normalise_phone(record["parent_phone"]), record["appointment_type"]))
+        if holders is not None and record["appointment_id"] in holders:
+            holders.discard(record["appointment_id"])
+            self._active[record["appointment_type"]] -= 1
 
     # -- what the day holds --------------------------------------------------------------------------
     def effective_status(self, window: Window) -> str:
@@ -110,23 +132,18 @@ class WindowDay:
         return window.max_slots if self.max_slots is None else self.max_slots
 
     def booked(self, service_id: str, excluding: str | None = None) -> int:
-        return sum(1 for a in self.appointments.values()
-                   if a["appointment_type"] == service_id and is_active(a) and a["appointment_id"] != excluding)
+        count = self._active.get(service_id, 0)
+        other = self.appointments.get(excluding) if excluding else None
+        if other is not None and other["appointment_type"] == service_id and is_active(other):
+            count -= 1
+        return count
 
     def filled_by_service(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for a in self.appointments.values():
-            if is_active(a):
-                counts[a["appointment_type"]] = counts.get(a["appointment_type"], 0) + 1
-        return counts
+        return {service: n for service, n in self._active.items() if n}
 
     def duplicate_of(self, phone: str, service_id: str, excluding: str | None = None) -> str | None:
-        wanted = normalise_phone(phone)
-        for a in self.appointments.values():
-            if (is_active(a) and a["appointment_type"] == service_id and a["appointment_id"] != excluding
-                    and normalise_phone(a["parent_phone"]) == wanted):
-                return a["appointment_id"]
-        return None
+        holders = self._holders.get((normalise_phone(phone), service_id), ())
+        return next((a for a in sorted(holders) if a != excluding), None)
 
 
 # -- rules 5–7: where a start time lands ------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -107,13 +108,28 @@ def _renumbered(sql: str, offset: int) -> str:
     return _PARAM.sub(lambda m: f"${int(m.group(1)) + offset}", sql)
 
 
-def _with_side_writes(sql: str, args: list[Any], side_writes: Sequence[SideWrite]) -> tuple[str, list[Any]]:
-    """The append as CTEs (`claim`, `ins`) followed by each side write, all in one statement."""
+def _params(sql: str) -> int:
+    return max((int(n) for n in _PARAM.findall(sql)), default=0)
+
+
+@functools.lru_cache(maxsize=256)
+def _append_sql(new_stream: bool, condition: str | None, side_writes: tuple[str, ...]) -> str:
+    """The append statement for this shape, built once: the compare-and-set (with the extra `condition`),
+    the insert, and each side write as a CTE after them, their parameters numbered after the append's."""
+    offset = 9
+    sql = _APPEND_NEW if new_stream else _APPEND_EXISTING
+    extra = ""
+    if condition is not None:
+        extra = f" AND ({_renumbered(condition, offset)})"
+        offset += _params(condition)
+    sql = sql.replace("{condition}", extra, 1)
+    if not side_writes:
+        return sql
     ctes = [sql.removesuffix(_INSERT).removeprefix("WITH "), f"ins AS ({_INSERT.strip()})"]
     for n, write in enumerate(side_writes):
-        ctes.append(f"s{n} AS ({_renumbered(write.sql, len(args))})")
-        args = [*args, *write.args]
-    return "WITH " + ",\n".join(ctes) + "\nSELECT * FROM ins ORDER BY stream_version", args
+        ctes.append(f"s{n} AS ({_renumbered(write, offset)})")
+        offset += _params(write)
+    return "WITH " + ",\n".join(ctes) + "\nSELECT * FROM ins ORDER BY stream_version"
 
 
 _READ_LOG = f"""
@@ -188,19 +204,17 @@ class EventStore:
         events = list(append.events)
         if not events:
             return []
-        template = _APPEND_NEW if append.expected_version == 0 else _APPEND_EXISTING
         args: list[Any] = [
             append.stream_id, append.expected_version, append.expected_version + len(events), append.org_id,
             [e.event_id for e in events], [e.type for e in events], [e.schema_version for e in events],
             [e.data for e in events], [e.metadata for e in events],
         ]
-        condition = ""
         if append.condition is not None:
-            condition = f" AND ({_renumbered(append.condition.sql, len(args))})"
             args += append.condition.args
-        sql = template.replace("{condition}", condition, 1)
-        if append.side_writes:
-            sql, args = _with_side_writes(sql, args, append.side_writes)
+        for write in append.side_writes:
+            args += write.args
+        sql = _append_sql(append.expected_version == 0, append.condition.sql if append.condition else None,
+                          tuple(w.sql for w in append.side_writes))
         rows = await conn.fetch(sql, *args)
         if not rows:
             replayed = await self._already_appended(conn, append.stream_id, events)
