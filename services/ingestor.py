@@ -92,7 +92,7 @@ class Ingestor:
     pool: asyncpg.Pool
     handler: CommandHandler
     max_batch: int = 1000
-    lanes: int = 16  # routing keys decided at once
+    lanes: int = 64  # routing keys decided at once
     _consumer: AIOKafkaConsumer | None = None
     _producer: AIOKafkaProducer | None = None
     _batch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
