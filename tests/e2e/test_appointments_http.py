@@ -351,3 +351,39 @@ async def test_rebuild_gives_the_same_read_models_as_the_live_projectors(runtime
     report = await rebuild(runtime.pool, runtime.store)
     assert report["appointments"]["rows"]["rm_appointments"] == 12
     assert await snapshot() == live
+
+
+async def test_a_projection_starting_from_scratch_catches_up_without_moving_the_other_back(runtime, api):
+    """As when a release adds a projection: one starts at the beginning of the log while the other is at its
+    head. The runner reads from the older checkpoint, feeds each only what it has not seen, and never moves a
+    checkpoint backwards. The log is made longer than one batch, so catching up takes several."""
+    from services.store.eventstore import Append, NewEvent
+
+    await runtime.store.append([Append("filler", 0, [NewEvent("test.filler", {"n": n}) for n in range(2500)])])
+    for i in range(5):
+        status, a = await api.post("/v1/appointments", body(api, phone=f"7{i}", days=3))
+        assert status == 201
+    head = await runtime.store.head()
+    for name in ("appointments", "schedule_tracking"):
+        assert await runtime.wait_for_projection(name, head)
+    async with runtime.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('test'))")
+        await conn.execute("LOCK TABLE checkpoints IN EXCLUSIVE MODE")
+        await conn.execute("TRUNCATE rm_appointments")
+        await conn.execute("DELETE FROM checkpoints WHERE name = 'appointments'")
+        await conn.execute("UPDATE checkpoints SET updated_at = now() WHERE name = 'schedule_tracking'")
+        tracking = await conn.fetchval("SELECT global_position FROM checkpoints WHERE name = 'schedule_tracking'")
+    positions = []
+    for _ in range(50):  # watch the other checkpoint while the new one catches up
+        async with runtime.pool.acquire() as conn:
+            positions.append(await conn.fetchval(
+                "SELECT global_position FROM checkpoints WHERE name = 'schedule_tracking'"))
+        await asyncio.sleep(0.005)
+    status, a = await api.post("/v1/appointments", body(api, phone="79", days=4))
+    head = await runtime.store.head()
+    for name in ("appointments", "schedule_tracking"):
+        assert await runtime.wait_for_projection(name, head)
+    assert all(p >= tracking for p in positions), positions
+    async with runtime.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM rm_appointments") == 6
+        assert await conn.fetchval("SELECT count(*) FROM rm_schedule_bookings") == 6
