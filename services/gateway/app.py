@@ -42,7 +42,7 @@ class Route:
 def error_response(status: int, code: str, message: str, details: dict | None = None,
                    extra: dict | None = None) -> web.Response:
     body = {"success": False, **(extra or {}), "error": {"code": code, "message": message, "details": details or {}}}
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, dumps=h.json_text)
 
 
 def validation_details(exc: ValidationError) -> dict[str, str]:

@@ -12,7 +12,7 @@ from domain.timerules import at_local, iso_utc, local, parse_hhmm, parse_instant
 from schemas.http import ClinicalUpdate, UpdateAppointment
 from schemas.saludya import SaludYaUpdate
 from services import commands
-from services.gateway.handlers import meta
+from services.gateway.handlers import json_text, meta
 from services.keys import Principal
 from services.runtime import Runtime
 
@@ -27,7 +27,7 @@ def error_response(status: int, code: str, message: str, details: dict | None = 
                    extra: dict | None = None) -> web.Response:
     body = {"error": {"code": CODES.get(code, code), "message": MESSAGES.get(code, message),
                       "details": {**(extra or {}), **(details or {})}}}
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, dumps=json_text)
 
 
 def record(appointment: dict[str, Any], catalog: cat.Catalog) -> dict[str, Any]:
@@ -93,4 +93,4 @@ async def update_appointment(request, runtime: Runtime, principal: Principal, bo
                                               for t in exc.details.get("suggested_times", [])]
         raise
     headers = {"X-Position": str(outcome.position)} if outcome.position is not None else None
-    return web.json_response(record(outcome.data, catalog), headers=headers)
+    return web.json_response(record(outcome.data, catalog), headers=headers, dumps=json_text)
