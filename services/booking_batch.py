@@ -57,7 +57,8 @@ async def submit(handler: "CommandHandler", conn: asyncpg.Connection, org_id: st
     batch: list[_Create] = []
     try:
         async with handler._lock(stream):
-            queued = handler._queues.pop(stream)
+            # A create whose caller has gone (its task was cancelled, and with it the future) is not decided.
+            queued = [c for c in handler._queues.pop(stream) if c is me or not c.answer.done()]
             batch, rest = queued[:MAX_BATCH], queued[MAX_BATCH:]
             if rest:  # too many for one statement: the next in line leads the rest
                 handler._queues[stream] = rest
@@ -70,7 +71,7 @@ async def submit(handler: "CommandHandler", conn: asyncpg.Connection, org_id: st
                 create.answer.set_result(None)  # the careful path answers them
         raise
     for create, answer in zip(batch, answers):
-        if create is not me:
+        if create is not me and not create.answer.done():
             create.answer.set_result(answer)
     return _unwrap(answers[0])
 
