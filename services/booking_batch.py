@@ -135,18 +135,14 @@ def _append(org_id: str, catalog: cat.Catalog, version: int, placement: wd.Place
             " FROM unnest($2::text[], $3::text[], $5::text[]) AS k(phone, service_id, appointment_id)"
             f" WHERE {GUARD}", (org, [wd.normalise_phone(c.request["parent_phone"]) for c, _ in accepted],
                                 [c.placement.service.service_id for c, _ in accepted], placement.local_date, ids)))
-    kafka = [(n, c, a) for n, (c, a) in enumerate(accepted) if c.meta.command_id is not None]
+    kafka = [(c.meta.command_id,
+              CommandResult.of(c.meta.command_id, 201, {**day.appointments[a], "position": None}, None).as_json(),
+              expected + n + 1)  # each booking is one event
+             for n, (c, a) in enumerate(accepted) if c.meta.command_id is not None]
     if kafka:
-        # Each result gets its booking's log position from the inserted events, matched by stream version.
-        side.append(SideWrite(
-            "INSERT INTO command_results (command_id, org_id, result) SELECT c.id, $2::uuid, jsonb_set(jsonb_set("
-            "c.result, '{position}', to_jsonb(i.global_position)), '{data,position}', to_jsonb(i.global_position))"
-            " FROM unnest($1::uuid[], $3::jsonb[], $4::int[]) AS c(id, result, version)"
-            " JOIN ins i ON i.stream_version = c.version",
-            ([uuid.UUID(c.meta.command_id) for _, c, _ in kafka], org,
-             [CommandResult.of(c.meta.command_id, 201, {**day.appointments[a], "position": None}, None).as_json()
-              for _, c, a in kafka],
-             [expected + n + 1 for n, _, _ in kafka])))
+        from services.handler import results_write
+
+        side.append(results_write(org, kafka))
     condition = SideWrite("EXISTS (SELECT 1 FROM orgs WHERE org_id = $1::uuid AND config_version = $2::bigint)",
                           (org, version))
     return Append(day.stream_id, expected, events, org_id=org, side_writes=side, condition=condition)

@@ -73,6 +73,18 @@ class CommandAlreadyApplied(Exception):
         self.command_id = command_id
 
 
+def results_write(org_id: uuid.UUID, results: list[tuple[str, dict[str, Any], int]]) -> SideWrite:
+    """Kafka command results (command_id, result, the stream version of the command's last event), stored in
+    the append's own statement, each given its event's log position."""
+    return SideWrite(
+        "INSERT INTO command_results (command_id, org_id, result) SELECT c.id, $2::uuid, jsonb_set(jsonb_set("
+        "c.result, '{position}', to_jsonb(i.global_position)), '{data,position}', to_jsonb(i.global_position))"
+        " FROM unnest($1::uuid[], $3::jsonb[], $4::int[]) AS c(id, result, version)"
+        " JOIN ins i ON i.stream_version = c.version",
+        ([uuid.UUID(command_id) for command_id, _, _ in results], org_id, [r for _, r, _ in results],
+         [version for _, _, version in results]))
+
+
 def written(status: int, record: dict[str, Any], position: int | None, idempotent: bool = False) -> Outcome:
     """An appointment write's outcome: the record as it is now, with the log position of the write."""
     return Outcome(status, {**record, "position": position}, position, idempotent)
@@ -341,11 +353,7 @@ class CommandHandler:
         outcome = written(status, day.appointments[appointment_id], None)
         if meta.command_id is not None:
             result = CommandResult.of(meta.command_id, status, outcome.data, None).as_json()
-            side = [*side, SideWrite(
-                "INSERT INTO command_results (command_id, org_id, result) SELECT $1::uuid, $2::uuid, jsonb_set("
-                "jsonb_set($3::jsonb, '{position}', to_jsonb(max(global_position))), '{data,position}',"
-                " to_jsonb(max(global_position))) FROM ins HAVING count(*) > 0",
-                (uuid.UUID(meta.command_id), uuid.UUID(org_id), result))]
+            side = [*side, results_write(uuid.UUID(org_id), [(meta.command_id, result, day.version)])]
         try:
             stored = await self._append(conn, org_id, {day.stream_id: (expected, events)}, meta, side)
         except asyncpg.UniqueViolationError as exc:
