@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from domain import catalog as cat
 from domain import windowday as wd
 from domain.timerules import WEEKDAYS
-from services.handler import Meta
+from services.outcome import Meta
 from services.keys import SCOPES, create_key
 from services.local.kafka import KAFKA_VERSION, LocalKafka
 from services.local.ports import free_port

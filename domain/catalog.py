@@ -103,6 +103,13 @@ class Catalog:
             case ev.WindowDisabled():
                 self.windows[event.window_id] = replace(self.windows[event.window_id], enabled=False)
 
+    def evolved(self, events: list[ev.Event]) -> "Catalog":
+        """A copy with `events` folded in; this catalog is left as it is (it may be shared, cached)."""
+        after = replace(self, services=dict(self.services), branches=dict(self.branches), windows=dict(self.windows))
+        for event in events:
+            after.apply(event)
+        return after
+
     # -- lookups -------------------------------------------------------------------------------------
     def resolve_service(self, value: str) -> Service:
         """A service UUID or its name, case-insensitively (rule 3)."""

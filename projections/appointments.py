@@ -1,48 +1,55 @@
-"""The appointments read model: one row per appointment (cancelled ones too), searchable."""
+"""The appointments read model: one row per appointment (cancelled ones too), searchable. Projected inline."""
 from __future__ import annotations
 
 import datetime as dt
 
 from domain import events as ev
 from domain.windowday import normalise_phone
-from projections.base import Statement
+from projections.base import Write
 
-_UPSERT = """
-INSERT INTO rm_appointments (appointment_id, org_id, date, branch_id, window_id, status, phone, assigned_doctor,
-                             appointment_type, external_reference_id, record, position)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+TABLE = "rm_appointments"
+
+_PUT = f"""
+INSERT INTO {TABLE} (appointment_id, org_id, date, branch_id, window_id, status, phone, assigned_doctor,
+                     appointment_type, external_reference_id, record)
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::date[], $4::text[], $5::text[], $6::text[], $7::text[],
+                     $8::text[], $9::text[], $10::text[], $11::jsonb[])
+WHERE {{guard}}
 ON CONFLICT (appointment_id) DO UPDATE SET date = EXCLUDED.date, branch_id = EXCLUDED.branch_id,
     window_id = EXCLUDED.window_id, status = EXCLUDED.status, assigned_doctor = EXCLUDED.assigned_doctor,
-    record = EXCLUDED.record, position = EXCLUDED.position
+    record = EXCLUDED.record
 """
 
-_MERGE = """
-UPDATE rm_appointments a SET record = n.record, status = n.record->>'status',
-       assigned_doctor = n.record->>'assigned_doctor', position = $3
-FROM (SELECT appointment_id, (record || $2::jsonb)
-             || jsonb_build_object('version', (record->>'version')::int + 1) AS record
-      FROM rm_appointments WHERE appointment_id = $1) n
-WHERE a.appointment_id = n.appointment_id
+# Changes merge into the stored record; every event that changes an appointment counts one version.
+_MERGE = f"""
+UPDATE {TABLE} a SET record = n.record, status = n.record->>'status', assigned_doctor = n.record->>'assigned_doctor'
+FROM (SELECT a.appointment_id, (a.record || c.changes)
+             || jsonb_build_object('version', (a.record->>'version')::int + 1) AS record
+      FROM unnest($1::text[], $2::jsonb[]) AS c(appointment_id, changes)
+      JOIN {TABLE} a USING (appointment_id)) n
+WHERE a.appointment_id = n.appointment_id AND {{guard}}
 """
 
 
 class AppointmentsProjector:
     name = "appointments"
-    tables = ("rm_appointments",)
+    tables = (TABLE,)
 
-    def statements(self, event: ev.Event, stored) -> list[Statement]:
+    def writes(self, event: ev.Event, org_id) -> list[Write]:
         match event:
             case ev.AppointmentBooked() | ev.AppointmentRescheduled():
                 r = event.appointment
-                return [(_UPSERT, (r["appointment_id"], stored.org_id, dt.date.fromisoformat(r["date"]),
-                                   r["branch_id"], r["window_id"], r["status"], normalise_phone(r["parent_phone"]),
-                                   r["assigned_doctor"], r["appointment_type"], r["external_reference_id"], r,
-                                   stored.position))]
+                return [Write(TABLE, _PUT, (
+                    r["appointment_id"], org_id, dt.date.fromisoformat(r["date"]), r["branch_id"], r["window_id"],
+                    r["status"], normalise_phone(r["parent_phone"]), r["assigned_doctor"], r["appointment_type"],
+                    r["external_reference_id"], r), (r["appointment_id"],))]
             case ev.AppointmentDetailsChanged():
-                return [(_MERGE, (event.appointment_id, {**event.changes, "updated_at": event.updated_at},
-                                  stored.position))]
+                return [_merge(event.appointment_id, {**event.changes, "updated_at": event.updated_at})]
             case ev.AppointmentStatusChanged():
-                return [(_MERGE, (event.appointment_id,
-                                  {**event.changes, "status": event.status, "updated_at": event.updated_at},
-                                  stored.position))]
+                return [_merge(event.appointment_id,
+                               {**event.changes, "status": event.status, "updated_at": event.updated_at})]
         return []
+
+
+def _merge(appointment_id: str, changes: dict) -> Write:
+    return Write(TABLE, _MERGE, (appointment_id, changes), (appointment_id,))

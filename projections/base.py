@@ -1,30 +1,85 @@
+"""Projectors turn events into row writes; one compiler turns row writes into set-wise statements.
+
+The same projector code writes the API's read models inline (as part of the command's own statement or
+transaction), replays them on `projections rebuild`, and feeds projections that run asynchronously. A
+statement carries one array per column, so a burst of events costs a few statements, not one per event.
+"""
 from __future__ import annotations
 
-from itertools import groupby
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Iterable, Protocol
 
 import asyncpg
 
 from domain import events as ev
 
-Statement = tuple[str, tuple[Any, ...]]
+GUARD_SLOT = "{guard}"
+
+
+@dataclass(frozen=True)
+class Write:
+    """One row's change. `sql` is set-wise: each $n is an array holding that column for every row, and
+    `{guard}` marks where a condition goes when the statement rides inside an append (see SideWrite).
+    `keys` name the rows it touches: two writes sharing a key keep their order, others may be merged."""
+    table: str
+    sql: str
+    row: tuple[Any, ...]
+    keys: tuple[Hashable, ...]
+
+
+@dataclass
+class Statement:
+    table: str
+    sql: str
+    columns: list[list[Any]] = field(default_factory=list)
+
+    def text(self, guard: str = "true") -> str:
+        return self.sql.replace(GUARD_SLOT, guard)
+
+    async def run(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(self.text(), *self.columns)
+
+
+def compile_writes(writes: Iterable[Write]) -> list[Statement]:
+    """Row writes → statements, in an order that keeps every row's writes in sequence. A write joins the latest
+    statement of its SQL unless a write to one of its rows came at or after that statement."""
+    out: list[Statement] = []
+    latest: dict[str, int] = {}  # sql → index of its latest statement
+    touched: dict[tuple[str, Hashable], int] = {}  # (table, key) → index of the last statement touching it
+    for write in writes:
+        keys = [(write.table, key) for key in write.keys]
+        at = latest.get(write.sql)
+        if at is None or any(touched.get(key, -1) >= at for key in keys):
+            at = len(out)
+            out.append(Statement(write.table, write.sql, [[] for _ in write.row]))
+            latest[write.sql] = at
+        for column, value in zip(out[at].columns, write.row):
+            column.append(value)
+        for key in keys:
+            touched[key] = at
+    return out
 
 
 class Projector(Protocol):
-    """Turns events into read-model writes; runs inside the transaction that also moves its checkpoint."""
+    """Turns one event into row writes. Pure: no I/O."""
 
     name: str
     tables: tuple[str, ...]
 
-    def statements(self, event: ev.Event, stored) -> list[Statement]: ...
+    def writes(self, event: ev.Event, org_id) -> list[Write]: ...
+
+
+def project(projectors: Iterable[Projector], events: Iterable[tuple[ev.Event, Any]]) -> list[Statement]:
+    """Every projector's writes for (event, org_id) pairs in log order, compiled."""
+    chosen = list(projectors)
+    return compile_writes(w for event, org_id in events for p in chosen for w in p.writes(event, org_id))
+
+
+def decoded(batch) -> list[tuple[ev.Event, Any]]:
+    """Stored events (of types this release knows) as (event, org_id) pairs."""
+    return [(ev.from_stored(s.type, s.data), s.org_id) for s in batch if s.type in ev.EVENT_TYPES]
 
 
 async def apply_batch(conn: asyncpg.Connection, projector: Projector, batch) -> None:
-    """Project a batch of stored events. Runs of the same statement go to the server together (executemany is
-    pipelined), in log order, so a batch costs a few round trips rather than one per event."""
-    writes: list[Statement] = []
-    for stored in batch:
-        if stored.type in ev.EVENT_TYPES:
-            writes.extend(projector.statements(ev.from_stored(stored.type, stored.data), stored))
-    for sql, group in groupby(writes, key=lambda w: w[0]):
-        await conn.executemany(sql, [args for _, args in group])
+    for statement in project([projector], decoded(batch)):
+        await statement.run(conn)

@@ -82,17 +82,22 @@ async def _fill_and_days(conn: asyncpg.Connection, org_id: str, date_from: dt.da
     return fills, days
 
 
-def _day_view(window: Window, date: str, days: dict, fills: dict) -> dict[str, Any]:
-    own = days.get((window.window_id, date))
-    day = wd.WindowDay(window.window_id, date, status=own["status"] if own else None,
-                       max_slots=own["max_slots"] if own else None)
-    filled = fills.get((window.window_id, date), {})
+def day_view(window: Window, day: wd.WindowDay, filled: dict[str, int] | None = None) -> dict[str, Any]:
+    """One window-day as schedule tracking shows it; `filled` counts per service (default: the day's own)."""
+    filled = day.filled_by_service() if filled is None else filled
     return {
-        "window_id": window.window_id, "branch_id": window.branch_id, "date": date, "session": window.session,
+        "window_id": window.window_id, "branch_id": window.branch_id, "date": day.date, "session": window.session,
         "batch": window.batch, "start_time": window.start_time, "end_time": window.end_time,
         "service_id": window.service_id, "status": day.effective_status(window), "max_slots": day.capacity(window),
         "filled_count": sum(filled.values()), "filled_by_service": dict(filled),
     }
+
+
+def _day_view(window: Window, date: str, days: dict, fills: dict) -> dict[str, Any]:
+    own = days.get((window.window_id, date))
+    day = wd.WindowDay(window.window_id, date, status=own["status"] if own else None,
+                       max_slots=own["max_slots"] if own else None)
+    return day_view(window, day, fills.get((window.window_id, date), {}))
 
 
 def _windows(catalog: Catalog, branch_id: str | None, window_id: str | None) -> list[Window]:
@@ -158,12 +163,3 @@ async def history(conn: asyncpg.Connection, org_id: str, appointment_id: str) ->
                     "command_id": row["metadata"].get("command_id"), "position": row["global_position"],
                     "window_day": row["stream_id"], "changed": changed})
     return out
-
-
-async def window_day_streams(conn: asyncpg.Connection, org_id: str, date_from: dt.date,
-                             date_to: dt.date) -> list[str]:
-    """Window-day streams of the org that hold events, within the date range."""
-    rows = await conn.fetch("SELECT stream_id FROM streams WHERE org_id = $1 AND stream_id LIKE 'wd-%'",
-                            uuid.UUID(org_id))
-    return sorted(r["stream_id"] for r in rows
-                  if date_from.isoformat() <= wd.split_stream_id(r["stream_id"])[1] <= date_to.isoformat())

@@ -110,11 +110,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _require_database()
 
     async def run() -> list[str]:
+        from services.projector import rebuild_after_migrations
+        from services.store.eventstore import EventStore, create_pool
+
         conn = await asyncpg.connect(settings.database_url)
         try:
-            return await migrate(conn, settings.database_schema)
+            applied = await migrate(conn, settings.database_schema)
         finally:
             await conn.close()
+        pool = await create_pool(settings.database_url, settings.database_schema, 1, 2)
+        try:
+            await rebuild_after_migrations(pool, EventStore(pool, settings.database_schema), applied)
+        finally:
+            await pool.close()
+        return applied
 
     applied = asyncio.run(run())
     print("applied: " + (", ".join(applied) if applied else "nothing, already up to date"))
@@ -178,7 +187,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_projections_rebuild(args: argparse.Namespace) -> int:
-    from services.projector import all_projectors, rebuild
+    from projections.registry import all_projectors
+    from services.projector import rebuild
 
     known = [p.name for p in all_projectors()]
     if args.name and args.name not in known:

@@ -10,7 +10,8 @@ from domain.errors import DomainError, validation
 from schemas import kafka as k
 from schemas.http import CreateAppointment, CreateBranch, CreateService, CreateWindow, SettingsPatch, \
     UpdateAppointment, UpdateWindow, UpdateWindowDay
-from services.handler import CommandHandler, Meta, Outcome
+from services.handler import CommandHandler
+from services.outcome import Meta, Outcome
 
 
 # -- configuration -------------------------------------------------------------------------------------

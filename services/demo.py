@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from domain import catalog as cat
 from domain.timerules import WEEKDAYS
-from services.handler import Meta
+from services.outcome import Meta
 from services.keys import SCOPES, create_key
 
 DEMO_NAME = "Demo Clinic"

@@ -25,7 +25,10 @@ from pydantic import ValidationError
 from domain.errors import DomainError
 from schemas.kafka import COMMAND, COMMAND_TYPES, CommandResult
 from services import commands
-from services.handler import CommandAlreadyApplied, CommandHandler, Meta
+from services import command_results
+from services.command_results import CommandAlreadyApplied
+from services.handler import CommandHandler
+from services.outcome import Meta
 from services.logs import log
 from services.settings import Settings
 
@@ -173,8 +176,7 @@ class Ingestor:
         if not ids:
             return
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch("SELECT command_id, result FROM command_results WHERE command_id = ANY($1)", ids)
-        known = {row["command_id"]: row["result"] for row in rows}
+            known = await command_results.recall(conn, ids)
         for item in items:
             if item.command is not None and item.command.command_id in known:
                 item.result, item.stored = known[item.command.command_id], True
@@ -218,8 +220,7 @@ class Ingestor:
                                                     exc.extra).as_json()
             except CommandAlreadyApplied:
                 async with self.pool.acquire() as conn:
-                    item.result = await conn.fetchval("SELECT result FROM command_results WHERE command_id = $1",
-                                                      command.command_id)
+                    item.result = await command_results.stored(conn, command.command_id)
                 item.stored = True
             except _TRANSIENT:
                 raise
@@ -239,19 +240,10 @@ class Ingestor:
         if not fresh:
             return
         async with self.pool.acquire() as conn:
-            inserted = {row["command_id"] for row in await conn.fetch(
-                "INSERT INTO command_results (command_id, org_id, result)"
-                " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::jsonb[]) ON CONFLICT (command_id) DO NOTHING"
-                " RETURNING command_id",
-                [i.command.command_id for i in fresh], [i.command.org_id for i in fresh],
-                [i.result for i in fresh])}
-            lost = [i.command.command_id for i in fresh if i.command.command_id not in inserted]
-            if lost:
-                rows = await conn.fetch("SELECT command_id, result FROM command_results WHERE command_id = ANY($1)",
-                                        lost)
-                earlier = {row["command_id"]: row["result"] for row in rows}
-                for item in fresh:
-                    item.result = earlier.get(item.command.command_id, item.result)
+            answers = await command_results.store_without_effect(
+                conn, [(i.command.command_id, i.command.org_id, i.result) for i in fresh])
+        for item in fresh:
+            item.result = answers.get(item.command.command_id, item.result)
 
     async def _publish(self, items: list[_Item]) -> None:
         s = self.settings

@@ -1,22 +1,24 @@
-"""Runs projectors over the gap-safe log; each batch and its checkpoint commit in one transaction."""
+"""Projections that follow the log, and rebuilds of any projection from the log.
+
+The API's read models are written inline by the unit of work; this module replays the same projector code
+for `projections rebuild`, and runs asynchronous projections (none of the API's answers depend on them) from
+their checkpoints, each batch and its checkpoint in one transaction.
+"""
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from dataclasses import dataclass, field
 
 import asyncpg
 
-from projections.appointments import AppointmentsProjector
-from projections.base import Projector, apply_batch
-from projections.schedule import ScheduleProjector
+from projections.base import Projector, apply_batch, decoded, project
+from projections.registry import ASYNCHRONOUS, INLINE, all_projectors
 from services.logs import log
-from services.store.eventstore import START, EventStore, LogPosition, LogWaker, load_checkpoint, save_checkpoint, \
-    wait_flag
+from services.store.eventstore import START, EventStore, LogPosition, LogWaker, save_checkpoint, wait_flag
 
-
-def all_projectors() -> list[Projector]:
-    return [AppointmentsProjector(), ScheduleProjector()]
+REBUILD_BATCH = 20_000
 
 
 def _lock_key(projector: Projector) -> int:
@@ -56,12 +58,13 @@ async def run_batch(conn: asyncpg.Connection, store: EventStore, projectors: lis
 
 @dataclass
 class ProjectorRunner:
+    """Follows the log for asynchronous projections."""
     pool: asyncpg.Pool
     store: EventStore
     waker: LogWaker
     poll_interval: float = 1.0
     settle: float = 0.005  # after a wake-up, let a burst of commits land so they are projected as one batch
-    projectors: list[Projector] = field(default_factory=all_projectors)
+    projectors: list[Projector] = field(default_factory=lambda: list(ASYNCHRONOUS))
 
     async def run(self) -> None:
         flag = self.waker.subscribe()
@@ -78,33 +81,23 @@ class ProjectorRunner:
             await asyncio.sleep(self.settle)
 
     def tasks(self) -> list[asyncio.Task]:
-        return [asyncio.create_task(self.run(), name="projectors")]
-
-
-async def checkpoint_of(pool: asyncpg.Pool, name: str) -> LogPosition:
-    async with pool.acquire() as conn:
-        return await load_checkpoint(conn, name)
-
-
-async def wait_for_position(pool: asyncpg.Pool, store: EventStore, name: str, global_position: int,
-                            timeout: float) -> bool:
-    """Wait (bounded) until projector `name` has applied the event at `global_position`."""
-    target = await store.position_of(global_position)
-    if target is None:
-        return True
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        if await checkpoint_of(pool, name) >= target:
-            return True
-        if asyncio.get_running_loop().time() >= deadline:
-            return False
-        await asyncio.sleep(0.01)
+        return [asyncio.create_task(self.run(), name="projectors")] if self.projectors else []
 
 
 async def rebuild(pool: asyncpg.Pool, store: EventStore, names: list[str] | None = None) -> dict[str, dict]:
-    """Empty the chosen read models and replay the whole log into them, reading it once, in one transaction."""
+    """Empty the chosen read models and replay the whole log into them, reading it once, in one transaction.
+
+    TRUNCATE locks the tables: inline writers wait until the rebuild commits, so every committed event that
+    touches them is read (without the gap-safe bound, which a waiting writer's open transaction would hold
+    back), and the writers then apply theirs on top. Asynchronous projections keep the gap-safe read, and
+    resume from the checkpoint set here."""
     chosen = [p for p in all_projectors() if not names or p.name in names]
+    unknown = set(names or ()) - {p.name for p in chosen}
+    if unknown:
+        raise ValueError(f"no projection named {', '.join(sorted(unknown))}")
+    gap_safe = any(p in ASYNCHRONOUS for p in chosen)
     report: dict[str, dict] = {}
+    started = time.perf_counter()
     async with pool.acquire() as conn, conn.transaction():
         for projector in chosen:  # in the runner's order, so the two never deadlock
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(projector))
@@ -112,14 +105,22 @@ async def rebuild(pool: asyncpg.Pool, store: EventStore, names: list[str] | None
                 await conn.execute(f"TRUNCATE {table}")
             await conn.execute("DELETE FROM checkpoints WHERE name = $1", projector.name)
         position, events = START, 0
-        while batch := await store.read_log(position, 5000, conn):
-            for projector in chosen:
-                await apply_batch(conn, projector, batch)
+        while batch := await store.read_log(position, REBUILD_BATCH, conn, gap_safe=gap_safe):
+            for statement in project(chosen, decoded(batch)):
+                await statement.run(conn)
             events += len(batch)
             position = batch[-1].log_position
         for projector in chosen:
-            if events:
+            if events and projector not in INLINE:
                 await save_checkpoint(conn, projector.name, position)
             rows = {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in projector.tables}
             report[projector.name] = {"events": events, "rows": rows}
+    log.info("rebuilt", projections=[p.name for p in chosen], events=events,
+             seconds=round(time.perf_counter() - started, 3))
     return report
+
+
+async def rebuild_after_migrations(pool: asyncpg.Pool, store: EventStore, applied: list[str]) -> None:
+    """A migration that made read models inline leaves rows the old projector may not have caught up on."""
+    if any(name.startswith("007_") for name in applied):
+        await rebuild(pool, store, [p.name for p in INLINE])

@@ -13,7 +13,8 @@ from services.handler import CommandHandler
 from services.ingestor import Ingestor
 from services.keys import KeyRing
 from services.logs import log
-from services.projector import ProjectorRunner, wait_for_position
+from services.gateway.app import build_app
+from services.projector import ProjectorRunner, rebuild_after_migrations
 from services.relay import Relay
 from services.settings import Settings
 from services.store.eventstore import EventStore, LogWaker, create_pool
@@ -68,6 +69,7 @@ class Runtime:
             log.info("migrated", applied=applied)
         self.pool = await create_pool(s.database_url, s.database_schema, s.pool_min_size, s.pool_max_size)
         self.store = EventStore(self.pool, s.database_schema)
+        await rebuild_after_migrations(self.pool, self.store, applied)
         self.waker = LogWaker(self.store, s.database_url)
         await self.waker.start()
         self.handler = CommandHandler(self.pool, self.store, retries=s.command_retries)
@@ -90,8 +92,6 @@ class Runtime:
             self.ingestor = Ingestor(s, self.pool, self.handler)
             await self.ingestor.start()
         if "gateway" in self.components:
-            from services.gateway.app import build_app
-
             self._runner = web.AppRunner(build_app(self), access_log=None)
             await self._runner.setup()
             site = web.TCPSite(self._runner, s.http_host, s.http_port)
@@ -117,10 +117,6 @@ class Runtime:
             except Exception as exc:
                 checks["kafka"] = {"ok": False, "error": str(exc) or type(exc).__name__}
         return checks
-
-    async def wait_for_projection(self, name: str, position: int) -> bool:
-        """Read-your-writes: wait, bounded, until projection `name` has applied `position`."""
-        return await wait_for_position(self.pool, self.store, name, position, self.settings.read_wait_seconds)
 
     async def stop(self) -> None:
         if self.ingestor is not None:  # first: it finishes and commits the batch in hand

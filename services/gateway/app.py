@@ -17,9 +17,9 @@ from schemas.saludya import SaludYaAppointment, SaludYaUpdate
 from services.gateway import handlers as h
 from services.gateway import saludya
 from services.logs import log
-from services.runtime import Runtime
+from services.gateway.backend import Backend
 
-RUNTIME = web.AppKey("runtime", Runtime)
+BACKEND = web.AppKey("backend", Backend)
 REQUEST_ID = h.REQUEST_ID
 
 REQUESTS = Counter("slotledger_http_requests_total", "HTTP requests", ["route", "status"])
@@ -108,11 +108,11 @@ def _endpoint(route: Route):
     errors = saludya.error_response if route.style == "saludya" else error_response
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
-        runtime = request.app[RUNTIME]
+        backend = request.app[BACKEND]
         started = time.perf_counter()
         status = 500
         try:
-            principal = await _authorise(request, runtime, route)
+            principal = await _authorise(request, backend, route)
             args: dict[str, Any] = {}
             if route.query is not None:
                 query = {k: v for k, v in request.query.items()}
@@ -121,7 +121,7 @@ def _endpoint(route: Route):
                 args["query"] = route.query.model_validate(query)
             if route.body is not None:
                 args["body"] = route.body.model_validate(await _json_body(request))
-            response = await route.handler(request, runtime, principal, **args)
+            response = await route.handler(request, backend, principal, **args)
             status = response.status
             return response
         except ValidationError as exc:
@@ -137,11 +137,11 @@ def _endpoint(route: Route):
     return endpoint
 
 
-async def _authorise(request: web.Request, runtime: Runtime, route: Route):
+async def _authorise(request: web.Request, backend: Backend, route: Route):
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer ") or not header[7:].strip():
         raise DomainError("UNAUTHORIZED", "Invalid or missing API key")
-    principal = await runtime.keys.verify(header[7:].strip())
+    principal = await backend.keys.verify(header[7:].strip())
     if principal is None:
         raise DomainError("UNAUTHORIZED", "Invalid or missing API key")
     if not principal.scopes.intersection(route.scopes):
@@ -189,7 +189,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    checks = await request.app[RUNTIME].readiness()
+    checks = await request.app[BACKEND].readiness()
     ready = all(check["ok"] for check in checks.values() if check.get("required", True))
     return web.json_response({"status": "ready" if ready else "not_ready", "checks": checks},
                              status=200 if ready else 503)
@@ -205,9 +205,9 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(document(ROUTES))
 
 
-def build_app(runtime: Runtime) -> web.Application:
+def build_app(backend: Backend) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=1024 * 1024)
-    app[RUNTIME] = runtime
+    app[BACKEND] = backend
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

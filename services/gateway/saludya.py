@@ -14,7 +14,7 @@ from schemas.saludya import SaludYaUpdate
 from services import commands
 from services.gateway.handlers import json_text, meta
 from services.keys import Principal
-from services.runtime import Runtime
+from services.gateway.backend import Backend
 
 # Our codes that SaludYa spells differently; the rest are the same words.
 CODES = {"NOT_FOUND": "RESOURCE_NOT_FOUND", "INSUFFICIENT_SCOPE": "FORBIDDEN"}
@@ -59,9 +59,9 @@ def record(appointment: dict[str, Any], catalog: cat.Catalog) -> dict[str, Any]:
     }
 
 
-async def update_appointment(request, runtime: Runtime, principal: Principal, body: SaludYaUpdate) -> web.Response:
+async def update_appointment(request, backend: Backend, principal: Principal, body: SaludYaUpdate) -> web.Response:
     appointment_id = request.match_info["appointment_id"]
-    catalog = await runtime.handler.catalog(principal.org_id)
+    catalog = await backend.handler.catalog(principal.org_id)
     tz = catalog.settings.timezone
     given = body.model_dump(exclude_unset=True)
     if not given:
@@ -70,21 +70,21 @@ async def update_appointment(request, runtime: Runtime, principal: Principal, bo
     patch["send_notification"] = body.send_notification  # SaludYa notifies unless told not to
     current = None
     if "date" in given or "time" in given:
-        current = await runtime.handler.get_appointment(principal.org_id, appointment_id)
+        current = await backend.handler.get_appointment(principal.org_id, appointment_id)
         was = local(parse_instant(current["appointment_date"]), tz)
         day = given.get("date") or was.date()
         wall = parse_hhmm(given["time"], "time") if "time" in given else was.time().replace(tzinfo=None)
         patch["appointment_date"] = iso_utc(at_local(day, wall, tz))
     if given.get("status") == "scheduled":
         # Confirmed and rescheduled appointments already are `scheduled` to SaludYa; nothing else can go back.
-        current = current or await runtime.handler.get_appointment(principal.org_id, appointment_id)
+        current = current or await backend.handler.get_appointment(principal.org_id, appointment_id)
         if current["status"] not in ("confirmed", "rescheduled"):
             raise DomainError("INVALID_STATE_TRANSITION", f"Cannot change status from '{current['status']}' to "
                               "'scheduled'", {"from": current["status"], "to": "scheduled"})
     elif "status" in given:
         patch["status"] = given["status"]
     try:
-        outcome = await commands.update_appointment(runtime.handler, principal.org_id, appointment_id,
+        outcome = await commands.update_appointment(backend.handler, principal.org_id, appointment_id,
                                                     UpdateAppointment.model_validate(patch),
                                                     meta(request, principal))
     except DomainError as exc:

@@ -141,6 +141,9 @@ LIMIT $3
 """
 
 
+_READ_COMMITTED = _READ_LOG.replace("  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())\n", "")
+
+
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -253,14 +256,17 @@ class EventStore:
         async with self.pool.acquire() as conn:
             return await conn.fetchval("SELECT version FROM streams WHERE stream_id = $1", stream_id) or 0
 
-    async def read_log(self, after: LogPosition, limit: int = 1000,
-                       conn: asyncpg.Connection | None = None) -> list[StoredEvent]:
-        """Events after `after`, in log order, only those no running transaction can still precede."""
+    async def read_log(self, after: LogPosition, limit: int = 1000, conn: asyncpg.Connection | None = None,
+                       gap_safe: bool = True) -> list[StoredEvent]:
+        """Events after `after`, in log order. Gap-safe (the default): only those no running transaction can
+        still precede. Otherwise every committed event, for a reader that holds off the writers it cares about
+        (a rebuild of inline read models locks their tables)."""
+        sql = _READ_LOG if gap_safe else _READ_COMMITTED
         if conn is None:
             async with self.pool.acquire() as conn:
-                rows = await conn.fetch(_READ_LOG, str(after.transaction_id), after.global_position, limit)
+                rows = await conn.fetch(sql, str(after.transaction_id), after.global_position, limit)
         else:
-            rows = await conn.fetch(_READ_LOG, str(after.transaction_id), after.global_position, limit)
+            rows = await conn.fetch(sql, str(after.transaction_id), after.global_position, limit)
         return [_row_to_event(row) for row in rows]
 
     async def position_of(self, global_position: int) -> LogPosition | None:

@@ -71,7 +71,7 @@ async def test_a_full_batch_still_says_duplicate_before_full(runtime, http):
 async def test_queued_kafka_style_results_are_recorded_once(runtime, http):
     """Creates carrying command ids (as the ingestor sends them) in one batch: each result is stored once,
     with its own booking's log position."""
-    from services.handler import Meta
+    from services.outcome import Meta
 
     api = await setup_clinic(await new_org(runtime, http), max_slots=50)
     await _warm(api)

@@ -1,0 +1,72 @@
+"""The write side's own rows, derived from what the events did to each appointment: the one mapping from an
+appointment record to the rows that enforce rules across window-days (DESIGN §2). They commit with the events,
+and their unique and exclusion constraints turn a lost race into a retry.
+
+- appointment_streams: which window-day holds the appointment now;
+- booking_refs: one active appointment per external_reference_id;
+- booking_keys: the duplicate rule, one active booking per phone, type and local date;
+- doctor_bookings: the time an appointment holds its doctor (no two overlap: an exclusion constraint).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from domain import doctors
+from domain.catalog import Catalog
+from domain.windowday import is_active, normalise_phone, stream_id
+from projections.base import Write
+
+_UPSERTS = {
+    "appointment_streams": "INSERT INTO appointment_streams SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[])"
+                           " WHERE {guard} ON CONFLICT (appointment_id) DO UPDATE SET stream_id = EXCLUDED.stream_id",
+    "booking_refs": "INSERT INTO booking_refs (appointment_id, org_id, external_reference_id)"
+                    " SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]) WHERE {guard}",
+    "booking_keys": "INSERT INTO booking_keys (appointment_id, org_id, phone, service_id, local_date)"
+                    " SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::date[]) WHERE {guard}"
+                    " ON CONFLICT (appointment_id) DO UPDATE SET phone = EXCLUDED.phone,"
+                    " service_id = EXCLUDED.service_id, local_date = EXCLUDED.local_date",
+    "doctor_bookings": "INSERT INTO doctor_bookings (appointment_id, org_id, doctor, starts_at, ends_at)"
+                       " SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[],"
+                       " $5::timestamptz[]) WHERE {guard} ON CONFLICT (appointment_id) DO UPDATE"
+                       " SET doctor = EXCLUDED.doctor, starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at",
+}
+TABLES = tuple(_UPSERTS)
+_DELETE = "DELETE FROM {table} WHERE appointment_id = ANY($1::text[]) AND {{guard}}"
+
+
+def rows(record: dict[str, Any], org_id, catalog: Catalog) -> dict[str, tuple | None]:
+    """The write-side rows an appointment record implies, per table (None: no row), each led by its id."""
+    appointment_id = record["appointment_id"]
+    active = is_active(record)
+    ref = record.get("external_reference_id")
+    time = doctors.doctor_time(record, catalog)
+    return {
+        "appointment_streams": (appointment_id, org_id, stream_id(record["window_id"], record["date"])),
+        "booking_refs": (appointment_id, org_id, ref) if active and ref else None,
+        "booking_keys": (appointment_id, org_id, normalise_phone(record["parent_phone"]),
+                         record["appointment_type"], dt.date.fromisoformat(record["date"]))
+        if active and catalog.settings.prevent_duplicate_bookings else None,
+        "doctor_bookings": None if time is None else (appointment_id, org_id, time.doctor, time.start, time.end),
+    }
+
+
+def writes(before: dict[str, Any] | None, after: dict[str, Any], org_id, catalog: Catalog) -> list[Write]:
+    """What changes in the write-side tables when an appointment goes from `before` (None: new) to `after`."""
+    old = rows(before, org_id, catalog) if before is not None else {}
+    out = []
+    for table, row in rows(after, org_id, catalog).items():
+        if row == old.get(table):
+            continue
+        appointment_id = after["appointment_id"]
+        if row is None:
+            out.append(Write(table, _DELETE.format(table=table), (appointment_id,), (appointment_id,)))
+        else:
+            out.append(Write(table, _UPSERTS[table], row, (appointment_id,)))
+    return out
+
+
+def config_changed(org_id) -> Write:
+    """Configuration events bump the org's config_version: every process's cached catalog is then stale."""
+    return Write("orgs", "UPDATE orgs SET config_version = config_version + 1"
+                 " WHERE org_id = ANY($1::uuid[]) AND {guard}", (org_id,), (org_id,))

@@ -1,0 +1,80 @@
+"""Kafka command results: the one place they are stored and read back (exactly-once effects, DESIGN §5).
+
+A command that appends events stores its result in the append's own statement, given the log position of its
+last event; a command without an effect (a refusal, a no-op, an idempotent replay) stores it alone. Either
+way the first stored result for a command_id is the answer to every later delivery of it.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from schemas.kafka import CommandResult
+from services.outcome import Meta, Outcome
+from services.store.eventstore import SideWrite
+
+
+class CommandAlreadyApplied(Exception):
+    """Another delivery of this command_id committed first; nothing of this one was written."""
+
+    def __init__(self, command_id: str):
+        super().__init__(f"command {command_id} was already applied")
+        self.command_id = command_id
+
+
+@dataclass(frozen=True)
+class PendingResult:
+    """A result to store with the event at `stream_version` of the stream it rides on; its position is that
+    event's, filled in by the statement."""
+    command_id: str
+    result: dict[str, Any]
+    stream_version: int
+
+
+def pending(meta: Meta, outcome: Outcome, stream_version: int) -> PendingResult | None:
+    if meta.command_id is None:
+        return None
+    body = CommandResult.of(meta.command_id, outcome.status, outcome.data, None, outcome.idempotent).as_json()
+    return PendingResult(meta.command_id, body, stream_version)
+
+
+def riding_append(org_id: uuid.UUID, results: list[PendingResult]) -> SideWrite:
+    return SideWrite(
+        "INSERT INTO command_results (command_id, org_id, result) SELECT c.id, $2::uuid, CASE"
+        " WHEN c.result->'data' ? 'position' THEN jsonb_set(jsonb_set(c.result, '{position}',"
+        " to_jsonb(i.global_position)), '{data,position}', to_jsonb(i.global_position))"
+        " ELSE jsonb_set(c.result, '{position}', to_jsonb(i.global_position)) END"
+        " FROM unnest($1::uuid[], $3::jsonb[], $4::int[]) AS c(id, result, version)"
+        " JOIN ins i ON i.stream_version = c.version",
+        ([uuid.UUID(r.command_id) for r in results], org_id, [r.result for r in results],
+         [r.stream_version for r in results]))
+
+
+async def store_without_effect(conn: asyncpg.Connection, results: list[tuple[uuid.UUID, Any, dict]]
+                               ) -> dict[uuid.UUID, dict]:
+    """Store (command_id, org_id, result) rows; answers each command's stored result (an earlier delivery's, if
+    one was stored first)."""
+    if not results:
+        return {}
+    rows = await conn.fetch(
+        "WITH new AS (INSERT INTO command_results (command_id, org_id, result)"
+        " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::jsonb[]) ON CONFLICT (command_id) DO NOTHING"
+        " RETURNING command_id, result)"
+        " SELECT command_id, result FROM new UNION ALL SELECT command_id, result FROM command_results"
+        " WHERE command_id = ANY($1::uuid[]) AND command_id NOT IN (SELECT command_id FROM new)",
+        [c for c, _, _ in results], [o for _, o, _ in results], [r for _, _, r in results])
+    return {row["command_id"]: row["result"] for row in rows}
+
+
+async def recall(conn: asyncpg.Connection, command_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict]:
+    """The stored results of those commands that have one."""
+    rows = await conn.fetch("SELECT command_id, result FROM command_results WHERE command_id = ANY($1::uuid[])",
+                            command_ids)
+    return {row["command_id"]: row["result"] for row in rows}
+
+
+async def stored(conn: asyncpg.Connection, command_id: uuid.UUID | str) -> dict | None:
+    return await conn.fetchval("SELECT result FROM command_results WHERE command_id = $1", uuid.UUID(str(command_id)))

@@ -1,0 +1,199 @@
+"""The unit of work: the one place a decision becomes durable.
+
+It owns what deciding needs besides the domain: per-stream locks (so one process never races itself), the
+caches of org catalogs and window-days, and `commit()`. A commit appends the events with their expected
+versions and writes, in the same transaction, the write-side rows and the inline read models derived from
+them (projections/) and the Kafka results; in one statement when no table is written twice. A lost race (a
+stream moved on, the configuration changed, a unique or exclusion constraint) evicts what was cached and
+raises Conflict: the caller decides again, from fresh state.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+
+import asyncpg
+
+from domain import catalog as cat
+from domain import events as ev
+from domain import windowday as wd
+from domain.errors import DomainError, not_found
+from projections import write_side
+from projections.base import Write, compile_writes
+from projections.registry import INLINE
+from services import command_results
+from services.command_results import CommandAlreadyApplied, PendingResult
+from services.outcome import Meta
+from services.store.eventstore import GUARD, Append, ConcurrencyError, EventStore, NewEvent, SideWrite, StoredEvent
+
+
+class Conflict(Exception):
+    """The decision was made on state that moved on; nothing was written. Decide again."""
+
+
+@dataclass
+class Change:
+    """Events for one stream, appended only if the stream is still at `expected`; `metas` one per event."""
+    stream_id: str
+    expected: int
+    events: list[ev.Event]
+    metas: list[Meta]
+
+
+@dataclass
+class Work:
+    """Everything one commit writes. `touched` holds each changed appointment before (None: new) and after;
+    `config_version` is the catalog version the decision used (the commit holds only while it is current)."""
+    org_id: str
+    catalog: cat.Catalog
+    config_version: int | None
+    changes: list[Change]
+    touched: Sequence[tuple[dict[str, Any] | None, dict[str, Any]]] = ()
+    results: Sequence[tuple[str, PendingResult]] = ()  # (stream id, result)
+    writes: Sequence[Write] = ()  # write-side rows not about appointments (the orgs row)
+
+
+_CONFIG_CURRENT = "EXISTS (SELECT 1 FROM orgs WHERE org_id = $1::uuid AND config_version = $2::bigint)"
+
+
+@dataclass
+class UnitOfWork:
+    pool: asyncpg.Pool
+    store: EventStore
+    retries: int = 8
+    cache_size: int = 20_000
+    _catalogs: dict[str, tuple[int, cat.Catalog, dict[str, int]]] = field(default_factory=dict)
+    _days: OrderedDict[str, wd.WindowDay] = field(default_factory=OrderedDict)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    # -- locks and retries ---------------------------------------------------------------------------
+    def lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    @contextlib.asynccontextmanager
+    async def locks(self, keys: Sequence[str]) -> AsyncIterator[None]:
+        """Several locks, taken in sorted order so two commands never deadlock."""
+        held = [self.lock(key) for key in sorted(set(keys))]
+        async with contextlib.AsyncExitStack() as stack:
+            for lock in held:
+                await stack.enter_async_context(lock)
+            yield
+
+    async def retrying(self, attempt: Callable[[], Awaitable[Any]]) -> Any:
+        for n in range(self.retries):
+            try:
+                return await attempt()
+            except Conflict:
+                await asyncio.sleep(random.uniform(0, 0.002 * (n + 1)))
+        raise DomainError("CONFLICT", "the request kept conflicting with concurrent changes; retry it")
+
+    # -- caches --------------------------------------------------------------------------------------
+    async def config_version(self, org_id: str, conn: asyncpg.Connection) -> int:
+        version = await conn.fetchval("SELECT config_version FROM orgs WHERE org_id = $1", uuid.UUID(org_id))
+        if version is None:
+            raise not_found("organization", org_id)
+        return version
+
+    async def catalog(self, org_id: str, conn: asyncpg.Connection) -> tuple[int, cat.Catalog]:
+        """The org's configuration and its version, cached and revalidated against `orgs.config_version`."""
+        version = await self.config_version(org_id, conn)
+        return version, await self.catalog_at(org_id, version, conn)
+
+    def cached_catalog(self, org_id: str) -> tuple[int, cat.Catalog] | None:
+        cached = self._catalogs.get(org_id)
+        return None if cached is None else cached[:2]
+
+    async def catalog_at(self, org_id: str, version: int, conn: asyncpg.Connection) -> cat.Catalog:
+        cached = self._catalogs.get(org_id)
+        if cached and cached[0] == version:
+            return cached[1]
+        rows = await conn.fetch(
+            "SELECT stream_id, stream_version, event_type, data FROM events"
+            " WHERE org_id = $1 AND stream_id NOT LIKE 'wd-%' ORDER BY global_position", uuid.UUID(org_id))
+        catalog = cat.Catalog(org_id=org_id)
+        versions: dict[str, int] = {}
+        for row in rows:
+            catalog.apply(ev.from_stored(row["event_type"], row["data"]))
+            versions[row["stream_id"]] = row["stream_version"]
+        self._catalogs[org_id] = (version, catalog, versions)
+        return catalog
+
+    def catalog_stream_version(self, org_id: str, stream_id: str) -> int:
+        return self._catalogs[org_id][2].get(stream_id, 0)
+
+    async def day(self, stream_id: str, conn: asyncpg.Connection) -> wd.WindowDay:
+        """The window-day as the log has it, cached. Callers hold the stream's lock while they use it."""
+        day = self._days.get(stream_id)
+        if day is not None:
+            self._days.move_to_end(stream_id)
+            return day
+        day = wd.WindowDay(*wd.split_stream_id(stream_id))
+        for stored in await self.store.read_stream(stream_id, conn=conn):
+            day.apply(ev.from_stored(stored.type, stored.data))
+        self._days[stream_id] = day
+        if len(self._days) > self.cache_size:
+            self._days.popitem(last=False)
+        return day
+
+    def evict(self, *stream_ids: str) -> None:
+        for stream in stream_ids:
+            self._days.pop(stream, None)
+
+    # -- commit --------------------------------------------------------------------------------------
+    async def commit(self, conn: asyncpg.Connection, work: Work) -> list[StoredEvent]:
+        """Write `work` atomically. Callers may already have folded its events into the cached window-days
+        (deciding a batch needs that); if the commit fails, those days are evicted."""
+        org = uuid.UUID(work.org_id)
+        writes = [w for change in work.changes for event in change.events for p in INLINE
+                  for w in p.writes(event, org)]
+        writes += [w for before, after in work.touched for w in write_side.writes(before, after, org, work.catalog)]
+        writes += work.writes
+        statements = compile_writes(writes)
+        appends = self._appends(org, work)
+        streams = [change.stream_id for change in work.changes]
+        try:
+            if len(appends) == 1 and len({s.table for s in statements}) == len(statements):
+                # One round trip: every row write rides in the append's statement, after its guard.
+                rows = [SideWrite(s.text(GUARD), tuple(s.columns)) for s in statements]
+                stored = await self.store.append([replace(appends[0], side_writes=[
+                    *rows, *appends[0].side_writes])], conn)
+            else:
+                async with conn.transaction():
+                    stored = await self.store.append(appends, conn)
+                    for statement in statements:
+                        await statement.run(conn)
+        except asyncpg.UniqueViolationError as exc:
+            self.evict(*streams)
+            if exc.constraint_name == "command_results_pkey" and len(work.results) == 1:
+                raise CommandAlreadyApplied(work.results[0][1].command_id) from None
+            raise Conflict from None
+        except (ConcurrencyError, asyncpg.ExclusionViolationError, asyncpg.DeadlockDetectedError):
+            self.evict(*streams)
+            raise Conflict from None
+        except BaseException:
+            self.evict(*streams)
+            raise
+        self.store.announce()
+        return stored
+
+    @staticmethod
+    def _appends(org: uuid.UUID, work: Work) -> list[Append]:
+        condition = None if work.config_version is None else SideWrite(_CONFIG_CURRENT, (org, work.config_version))
+        out = []
+        for n, change in enumerate(work.changes):
+            riding = [r for stream, r in work.results if stream == change.stream_id]
+            out.append(Append(
+                change.stream_id, change.expected,
+                [NewEvent(e.type, e.data(), schema_version=e.version, metadata=m.as_dict())
+                 for e, m in zip(change.events, change.metas)],
+                org_id=org, side_writes=[command_results.riding_append(org, riding)] if riding else (),
+                condition=condition if n == 0 else None))
+        return out
