@@ -141,10 +141,11 @@ async def _settle_refusals(conn: asyncpg.Connection, org_id: str, catalog: cat.C
     row = await conn.fetchrow(
         "SELECT (SELECT config_version FROM orgs WHERE org_id = $1) AS version, array(SELECT array[b.phone,"
         " b.service_id, b.appointment_id] FROM booking_keys b JOIN unnest($3::text[], $4::text[]) AS k(phone,"
-        " service_id) USING (phone, service_id) WHERE b.org_id = $1 AND b.local_date = $2) AS taken",
-        uuid.UUID(org_id), placement.local_date, [p for p, _ in keys], [s for _, s in keys])
-    if row["version"] != version:
-        return  # left None: the careful path answers them
+        " service_id) USING (phone, service_id) WHERE b.org_id = $1 AND b.local_date = $2) AS taken,"
+        " (SELECT s.version FROM streams s WHERE s.stream_id = $5) AS day_version",
+        uuid.UUID(org_id), placement.local_date, [p for p, _ in keys], [s for _, s in keys], day.stream_id)
+    if row["version"] != version or (row["day_version"] or 0) != day.version:
+        return  # decided on stale configuration or a stale day: left None, the careful path answers them
     taken = {(phone, service): appointment_id for phone, service, appointment_id in row["taken"]}
     for (i, exc), key in zip(refused, keys):
         if exc.code == "SLOT_FULL" and catalog.settings.prevent_duplicate_bookings and key in taken:

@@ -133,13 +133,13 @@ class CommandHandler:
     async def _book(self, conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, version: int,
                     placement: wd.Placement, request: dict[str, Any], meta: Meta) -> Outcome:
         """The careful create: every cross-window-day fact read first (rule 9 and the doctor)."""
-        duplicate = None
-        if catalog.settings.prevent_duplicate_bookings:
-            duplicate = await conn.fetchval(
-                "SELECT appointment_id FROM booking_keys WHERE org_id = $1 AND phone = $2 AND service_id = $3"
-                " AND local_date = $4", uuid.UUID(org_id), wd.normalise_phone(request["parent_phone"]),
-                placement.service.service_id, placement.local_date)
-        day = await self.uow.day(placement.stream_id, conn)
+        row = await conn.fetchrow(
+            "SELECT (SELECT appointment_id FROM booking_keys WHERE org_id = $1 AND phone = $2 AND service_id = $3"
+            " AND local_date = $4) AS duplicate, (SELECT version FROM streams WHERE stream_id = $5) AS version",
+            uuid.UUID(org_id), wd.normalise_phone(request["parent_phone"]), placement.service.service_id,
+            placement.local_date, placement.stream_id)
+        duplicate = row["duplicate"] if catalog.settings.prevent_duplicate_bookings else None
+        day = await self.uow.day(placement.stream_id, conn, row["version"] or 0)
         now = self.clock()
         events = decisions.decide_create(catalog, day, placement, request, new_appointment_id(), now, duplicate)
         record = events[0].appointment
@@ -156,20 +156,20 @@ class CommandHandler:
         outcome.position = outcome.data["position"] = stored[-1].position
         return outcome
 
-    async def locate(self, org_id: str, appointment_id: str, conn: asyncpg.Connection) -> str:
-        stream = await conn.fetchval(
-            "SELECT stream_id FROM appointment_streams WHERE appointment_id = $1 AND org_id = $2",
-            appointment_id, uuid.UUID(org_id))
-        if stream is None:
+    async def locate(self, org_id: str, appointment_id: str, conn: asyncpg.Connection) -> tuple[str, int]:
+        """The window-day stream holding the appointment now, and that stream's version."""
+        row = await conn.fetchrow(
+            "SELECT a.stream_id, s.version FROM appointment_streams a JOIN streams s USING (stream_id)"
+            " WHERE a.appointment_id = $1 AND a.org_id = $2", appointment_id, uuid.UUID(org_id))
+        if row is None:
             raise not_found("appointment", appointment_id)
-        return stream
+        return row["stream_id"], row["version"]
 
     async def _current(self, conn: asyncpg.Connection, org_id: str, appointment_id: str) -> dict[str, Any]:
         """The write side's current record of an appointment."""
-        stream = await self.locate(org_id, appointment_id, conn)
-        day = await self.uow.day(stream, conn)
-        if appointment_id not in day.appointments:  # our cache is behind another process
-            self.uow.evict(stream)
+        stream, version = await self.locate(org_id, appointment_id, conn)
+        day = await self.uow.day(stream, conn, version)
+        if appointment_id not in day.appointments:  # moved on since the two reads
             raise Conflict
         return day.appointments[appointment_id]
 
@@ -187,7 +187,7 @@ class CommandHandler:
         async def attempt() -> Outcome:
             async with self.pool.acquire() as conn:
                 version, catalog = await self.uow.catalog(org_id, conn)
-                source_stream = await self.locate(org_id, appointment_id, conn)
+                source_stream, _ = await self.locate(org_id, appointment_id, conn)
                 target_stream = None
                 if "appointment_date" in patch:
                     appointment = await self._current(conn, org_id, appointment_id)
@@ -202,10 +202,13 @@ class CommandHandler:
                       source_stream: str, target_stream: str | None, appointment_id: str, patch: dict[str, Any],
                       meta: Meta) -> Outcome:
         # Under the locks, plan again: another command may have moved the appointment or changed the day.
-        if await self.locate(org_id, appointment_id, conn) != source_stream:
+        stream, stream_version = await self.locate(org_id, appointment_id, conn)
+        if stream != source_stream:
             raise Conflict
-        source = await self.uow.day(source_stream, conn)
-        before = dict(await self._current(conn, org_id, appointment_id))  # the cached one changes on commit
+        source = await self.uow.day(source_stream, conn, stream_version)
+        if appointment_id not in source.appointments:
+            raise Conflict
+        before = dict(source.appointments[appointment_id])  # the cached record changes when events are folded
         now = self.clock()
         plan = decisions.plan_update(catalog, before, patch, now)
         if plan.unchanged:
@@ -214,12 +217,15 @@ class CommandHandler:
             raise Conflict
         target = duplicate = None
         if plan.placement is not None:
-            target = await self.uow.day(plan.placement.stream_id, conn)
-            duplicate = await conn.fetchval(
-                "SELECT appointment_id FROM booking_keys WHERE org_id = $1 AND phone = $2 AND service_id = $3"
-                " AND local_date = $4 AND appointment_id <> $5", uuid.UUID(org_id),
+            row = await conn.fetchrow(
+                "SELECT (SELECT appointment_id FROM booking_keys WHERE org_id = $1 AND phone = $2 AND service_id = $3"
+                " AND local_date = $4 AND appointment_id <> $5) AS duplicate,"
+                " (SELECT version FROM streams WHERE stream_id = $6) AS version", uuid.UUID(org_id),
                 wd.normalise_phone(before["parent_phone"]), before["appointment_type"], plan.placement.local_date,
-                appointment_id)
+                appointment_id, plan.placement.stream_id)
+            duplicate = row["duplicate"]
+            target = source if plan.placement.stream_id == source_stream else await self.uow.day(
+                plan.placement.stream_id, conn, row["version"] or 0)
         by_stream = decisions.decide_update(catalog, source, appointment_id, patch, now, target, plan.placement,
                                             duplicate)
         if not by_stream:
@@ -276,7 +282,7 @@ class CommandHandler:
                     raise DomainError("VALIDATION_ERROR", f"the window runs on {window.day_of_week}s, not on {date}",
                                       {"date": f"not a {window.day_of_week}"})
                 async with self.uow.lock(stream):
-                    day = await self.uow.day(stream, conn)
+                    day = await self.uow.fresh_day(stream, conn)
                     events = wd.adjust_day(day, status, max_slots)
                     if not events:
                         return Outcome(200, day_view(window, day))

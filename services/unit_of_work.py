@@ -129,10 +129,12 @@ class UnitOfWork:
     def catalog_stream_version(self, org_id: str, stream_id: str) -> int:
         return self._catalogs[org_id][2].get(stream_id, 0)
 
-    async def day(self, stream_id: str, conn: asyncpg.Connection) -> wd.WindowDay:
-        """The window-day as the log has it, cached. Callers hold the stream's lock while they use it."""
+    async def day(self, stream_id: str, conn: asyncpg.Connection, version: int | None = None) -> wd.WindowDay:
+        """The window-day as the log has it, cached. `version`: the stream's version as just read from the
+        database; a cached day behind it (another process wrote since) is loaded afresh, so a refusal is never
+        decided on a stale day (an acceptance is checked by the append's expected version anyway)."""
         day = self._days.get(stream_id)
-        if day is not None:
+        if day is not None and (version is None or day.version >= version):
             self._days.move_to_end(stream_id)
             return day
         day = wd.WindowDay(*wd.split_stream_id(stream_id))
@@ -142,6 +144,10 @@ class UnitOfWork:
         if len(self._days) > self.cache_size:
             self._days.popitem(last=False)
         return day
+
+    async def fresh_day(self, stream_id: str, conn: asyncpg.Connection) -> wd.WindowDay:
+        version = await conn.fetchval("SELECT version FROM streams WHERE stream_id = $1", stream_id)
+        return await self.day(stream_id, conn, version or 0)
 
     def evict(self, *stream_ids: str) -> None:
         for stream in stream_ids:

@@ -4,12 +4,12 @@ from __future__ import annotations
 import asyncio
 
 from services.projector import rebuild
+from tests.builders import create_body
 from tests.e2e.conftest import key_with, local_at, local_date, new_org, setup_clinic
 
 
 def body(api, days=3, hhmm="09:30", phone="+919840000001", **extra):
-    return {"appointment_type": "General Checkup", "appointment_date": local_at(api, days, hhmm),
-            "patient_name": "Aadhi", "parent_phone": phone, **extra}
+    return create_body(local_at(api, days, hhmm), phone, **extra)
 
 
 async def test_seed_example_create_update_cancel(api):

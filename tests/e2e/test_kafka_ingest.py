@@ -10,13 +10,13 @@ from collections import Counter
 from domain.timerules import WEEKDAYS
 from services.runtime import Runtime
 from services.settings import Settings
+from tests.builders import create_body
 from tests.e2e.conftest import local_at, local_date, new_org, setup_clinic
 from tests.e2e.kafka import command, encoded, publish, read_topic, results_by_command, service_process
 
 
 def _create(api, days_ahead: int, hhmm: str, phone: str, **extra) -> dict:
-    return {"appointment_type": api.ids["checkup"], "appointment_date": local_at(api, days_ahead, hhmm),
-            "patient_name": "Kafka Patient", "parent_phone": phone, **extra}
+    return create_body(local_at(api, days_ahead, hhmm), phone, api.ids["checkup"], "Kafka Patient", **extra)
 
 
 def _route(api, days_ahead: int) -> str:

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from domain.timerules import WEEKDAYS
+from tests.builders import create_body
 from tests.e2e.conftest import local_at, local_date, new_org, setup_clinic
 
 DAYS = 4  # days ahead: past every notice period
@@ -20,9 +21,8 @@ def _weekday(api, days: int) -> str:
 
 
 async def _book(api, hhmm: str, phone: str, days: int = DAYS, **extra) -> tuple[int, dict]:
-    return await api.post("/v1/appointments", {
-        "appointment_type": "General Checkup", "appointment_date": local_at(api, days, hhmm),
-        "patient_name": "María González", "parent_phone": phone, "branch_id": api.ids["branch"], **extra})
+    return await api.post("/v1/appointments", create_body(local_at(api, days, hhmm), phone, name="María González",
+                                                          **{"branch_id": api.ids["branch"], **extra}))
 
 
 async def _second_branch(api) -> str:

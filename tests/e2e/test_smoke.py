@@ -1,9 +1,9 @@
+from tests.builders import create_body
 from tests.e2e.conftest import local_at
 
 
 async def test_book_and_read_back(api):
-    body = {"appointment_type": "general checkup", "appointment_date": local_at(api, 3, "09:30"),
-            "patient_name": "Aadhi", "parent_phone": "+919840000001", "session": "Morning"}
+    body = create_body(local_at(api, 3, "09:30"), type_="general checkup", session="Morning")
     status, created = await api.post("/v1/appointments", body)
     assert status == 201, created
     assert created["appointment_id"].startswith("appt_") and created["token"] is None

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 from services.booking_batch import BATCH_SIZE
+from tests.builders import create_body
 from tests.e2e.conftest import local_at, new_org, setup_clinic
 
 
@@ -17,9 +18,8 @@ def batches() -> tuple[float, float]:
 
 async def _warm(api) -> None:
     # One create first, so the org's configuration is cached and the queued path is taken.
-    status, body = await api.post("/v1/appointments", {
-        "appointment_type": "Follow-up Visit", "appointment_date": local_at(api, 6, "09:00"),
-        "patient_name": "Warm", "parent_phone": "+10000000000"})
+    status, body = await api.post("/v1/appointments", create_body(local_at(api, 6, "09:00"), "+10000000000",
+                                                                  "Follow-up Visit", "Warm"))
     assert status == 201, body
 
 
@@ -31,9 +31,8 @@ async def test_simultaneous_creates_keep_their_own_time_type_and_token(runtime, 
     before = batches()
     wanted = [(local_at(api, 3, f"{9 + i % 3:02d}:{i % 4 * 15:02d}"),
                api.ids["checkup"] if i % 2 else api.ids["follow"], f"+1777{i:04d}") for i in range(60)]
-    results = await asyncio.gather(*(api.post("/v1/appointments", {
-        "appointment_type": service, "appointment_date": when, "patient_name": f"P{i}", "parent_phone": phone})
-        for i, (when, service, phone) in enumerate(wanted)))
+    results = await asyncio.gather(*(api.post("/v1/appointments", create_body(when, phone, service, f"P{i}"))
+                                     for i, (when, service, phone) in enumerate(wanted)))
     assert [s for s, _ in results] == [201] * 60
     for (when, service, phone), (_, body) in zip(wanted, results):
         record = body["data"]

@@ -8,36 +8,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domain import catalog as cat
+from domain import decisions
 from domain import windowday as wd
 from domain.errors import DomainError
 from domain.timerules import parse_instant
+from tests import builders
 
 NOW = dt.datetime(2026, 3, 2, 6, 0, tzinfo=dt.timezone.utc)  # a Monday
 
 
 def make_catalog(tz="UTC", max_slots=2, **settings_) -> cat.Catalog:
-    c = cat.Catalog(org_id="org")
-    for e in cat.create_org("org", "Clinic", tz):
-        c.apply(e)
-    if settings_:
-        for e in cat.change_settings(c, settings_):
-            c.apply(e)
-    for sid, name in (("svc-a", "General Checkup"), ("svc-b", "Follow-up Visit")):
-        for e in cat.add_service(c, sid, name, 30):
-            c.apply(e)
-    for e in cat.add_branch(c, "br-1", "Main"):
-        c.apply(e)
-    for day in ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"):
-        for session, start, end in (("Morning", "09:00", "11:00"), ("Evening", "17:00", "19:00")):
-            w = cat.Window(f"w-{day}-{session}", "br-1", day, session, start, end, max_slots, None, session[0] + "A")
-            for e in cat.create_window(c, w):
-                c.apply(e)
-    return c
+    return builders.catalog(tz, max_slots, **settings_)
 
 
 def request(when: str, phone="+91 98400 00001", type_="General Checkup", **extra) -> dict:
-    return {"appointment_type": type_, "appointment_date": when, "patient_name": "Aadhi", "parent_phone": phone,
-            **extra}
+    return builders.create_body(when, phone, type_, **extra)
 
 
 class World:
@@ -62,15 +47,12 @@ class World:
         return None
 
     def create(self, req: dict, now=NOW) -> dict:
-        c = self.catalog
-        service = c.resolve_service(req["appointment_type"])
-        branch = c.resolve_branch(req.get("branch_id"))
-        placement = wd.place(c, service, branch, parse_instant(req["appointment_date"]), req.get("session"), now)
+        placement = decisions.plan_create(self.catalog, req, now)
         day = self.day(placement)
         self.n += 1
         appointment_id = f"appt_{self.n:010d}"
-        dup = self.duplicate(req["parent_phone"], service.service_id, placement.local_date.isoformat())
-        for e in wd.book(c, day, placement, req, appointment_id, now, dup):
+        dup = self.duplicate(req["parent_phone"], placement.service.service_id, placement.local_date.isoformat())
+        for e in decisions.decide_create(self.catalog, day, placement, req, appointment_id, now, dup):
             day.apply(e)
         self.where[appointment_id] = day.stream_id
         return day.appointments[appointment_id]
@@ -78,16 +60,16 @@ class World:
     def patch(self, appointment_id: str, patch: dict, now=NOW) -> dict:
         source = self.days[self.where[appointment_id]]
         appointment = source.appointments[appointment_id]
-        if not wd.check_update(self.catalog, appointment, patch, now):
+        plan = decisions.plan_update(self.catalog, appointment, patch, now)
+        if plan.unchanged:
             return appointment
-        placement = target = dup = None
-        if "appointment_date" in patch:
-            placement = wd.reschedule_placement(self.catalog, appointment, patch, now)
-            target = self.day(placement)
+        target = dup = None
+        if plan.placement is not None:
+            target = self.day(plan.placement)
             dup = self.duplicate(appointment["parent_phone"], appointment["appointment_type"],
-                                 placement.local_date.isoformat(), excluding=appointment_id)
-        for stream, events in wd.update(self.catalog, source, appointment_id, patch, now, target, placement,
-                                        dup).items():
+                                 plan.placement.local_date.isoformat(), excluding=appointment_id)
+        for stream, events in decisions.decide_update(self.catalog, source, appointment_id, patch, now, target,
+                                                      plan.placement, dup).items():
             for e in events:
                 self.days[stream].apply(e)
         if target is not None:

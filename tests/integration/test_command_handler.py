@@ -1,0 +1,110 @@
+"""The command handler against a real PostgreSQL, without HTTP: its two create paths answer alike, a stale
+cache in one process is caught and retried, and a Kafka command's effect and result happen once."""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+
+from domain.errors import DomainError
+from domain.timerules import WEEKDAYS
+from schemas.http import CreateBranch, CreateService, CreateWindow, SettingsPatch
+from services import commands
+from services.command_results import CommandAlreadyApplied
+from services.handler import CommandHandler
+from services.outcome import Meta
+from tests.builders import create_body
+
+DAY = dt.date.today() + dt.timedelta(days=3)
+
+
+def at(hhmm: str, day: dt.date = DAY) -> str:
+    return f"{day.isoformat()}T{hhmm}:00Z"
+
+
+async def clinic(handler: CommandHandler, max_slots: int = 2) -> str:
+    org_id = (await handler.create_org("Clinic", "UTC")).org_id
+    meta = Meta(actor="test")
+    await commands.create_service(handler, org_id, CreateService(name="General Checkup", duration_minutes=30), meta)
+    branch = (await commands.create_branch(handler, org_id, CreateBranch(name="Main"), meta)).data["branch_id"]
+    for day in WEEKDAYS:
+        for session, start, end in (("Morning", "09:00", "12:00"), ("Evening", "17:00", "20:00")):
+            await commands.create_window(handler, org_id, CreateWindow(
+                branch_id=branch, day_of_week=day, session=session, start_time=start, end_time=end,
+                max_slots=max_slots), meta)
+    return org_id
+
+
+async def answer(handler: CommandHandler, org_id: str, body: dict, careful: bool) -> tuple:
+    if careful:
+        handler.uow._catalogs.clear()  # without a cached catalog, a create takes the careful path
+    try:
+        outcome = await handler.create_appointment(org_id, body, Meta())
+    except DomainError as exc:
+        return (exc.status, exc.code)
+    record = outcome.data
+    return (outcome.status, record["date"], record["session"], record["status"], record["token"],
+            record["parent_phone"], record["version"], outcome.position is not None)
+
+
+@pytest.mark.parametrize("token_numbering", [False, True])
+async def test_batched_and_careful_creates_answer_alike(pool, store, token_numbering):
+    answers = {}
+    for careful in (False, True):
+        handler = CommandHandler(pool, store)
+        org_id = await clinic(handler)
+        if token_numbering:
+            await commands.change_settings(handler, org_id, SettingsPatch(token_numbering=True), Meta())
+        await handler.create_appointment(org_id, create_body(at("18:00", DAY + dt.timedelta(days=1)), "+10"), Meta())
+        sequence = [
+            create_body(at("09:30"), "+11"),  # booked
+            create_body(at("10:00"), "+12"),  # booked: the window-day is now full
+            create_body(at("10:30"), "+13"),  # SLOT_FULL
+            create_body(at("17:30"), "+11"),  # DUPLICATE_BOOKING: same phone, type, date, another window
+            create_body(at("11:00"), "+11"),  # DUPLICATE_BOOKING before SLOT_FULL (rule 9 before 10)
+            create_body(at("13:00"), "+14"),  # OUTSIDE_AVAILABILITY
+            create_body(at("17:45"), "+15"),  # booked in the Evening window
+        ]
+        answers[careful] = [await answer(handler, org_id, body, careful) for body in sequence]
+    assert answers[False] == answers[True]
+    codes = [a[1] if isinstance(a[1], str) and a[0] >= 400 else a[0] for a in answers[True]]
+    assert codes == [201, 201, "SLOT_FULL", "DUPLICATE_BOOKING", "DUPLICATE_BOOKING", "OUTSIDE_AVAILABILITY", 201]
+
+
+async def test_a_stale_cache_in_one_process_is_caught_and_the_command_decided_again(pool, store):
+    first, second = CommandHandler(pool, store), CommandHandler(pool, store)  # two processes' worth of caches
+    org_id = await clinic(first)
+    await first.create_appointment(org_id, create_body(at("09:15"), "+21"), Meta())  # first caches the day
+    await second.create_appointment(org_id, create_body(at("09:30"), "+22"), Meta())  # the day moves on
+    with pytest.raises(DomainError) as full:  # first's cache says 1 of 2; the log says 2 of 2
+        await first.create_appointment(org_id, create_body(at("09:45"), "+23"), Meta())
+    assert full.value.code == "SLOT_FULL"
+    cancelled = await first.create_appointment(org_id, create_body(at("17:15"), "+24"), Meta())
+    await second.update_appointment(org_id, cancelled.data["appointment_id"], {"status": "cancelled"}, Meta())
+    again = await first.create_appointment(org_id, create_body(at("17:30"), "+24"), Meta())  # duplicate key freed
+    assert again.status == 201
+    async with pool.acquire() as conn:
+        versions = await conn.fetch("SELECT stream_id, version FROM streams WHERE stream_id LIKE 'wd-%'"
+                                    " ORDER BY stream_id")
+        booked = await conn.fetchval("SELECT count(*) FROM rm_schedule_bookings")
+    assert sorted(v["version"] for v in versions) == [2, 3]  # morning: 2 bookings; evening: book, cancel, book
+    assert booked == 3
+
+
+async def test_a_kafka_command_has_one_effect_and_its_result_is_stored_with_its_event(pool, store):
+    handler = CommandHandler(pool, store)
+    org_id = await clinic(handler)
+    command_id = str(uuid.uuid4())
+    outcome = await handler.create_appointment(org_id, create_body(at("09:30"), "+31"), Meta(command_id=command_id))
+    with pytest.raises(CommandAlreadyApplied):
+        await CommandHandler(pool, store).create_appointment(org_id, create_body(at("10:30"), "+32"),
+                                                             Meta(command_id=command_id))
+    async with pool.acquire() as conn:
+        result = await conn.fetchval("SELECT result FROM command_results WHERE command_id = $1",
+                                     uuid.UUID(command_id))
+        events = await conn.fetch("SELECT global_position FROM events WHERE metadata->>'command_id' = $1",
+                                  command_id)
+    assert [e["global_position"] for e in events] == [outcome.position]
+    assert result["position"] == result["data"]["position"] == outcome.position
+    assert result["data"]["appointment_id"] == outcome.data["appointment_id"] and result["status"] == 201
