@@ -6,12 +6,12 @@ in the write transaction; the rules here are pure.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Iterable
 
 from domain import events as ev
+from domain.appointment import Appointment
 from domain.catalog import Catalog
 from domain.errors import DomainError
 from domain.timerules import iso_utc, local, parse_instant, zone
@@ -42,25 +42,25 @@ class DoctorTime:
                 and self.start < other.end and other.start < self.end)
 
 
-def doctor_time(record: dict[str, Any] | None, catalog: Catalog) -> DoctorTime | None:
-    if record is None or record["status"] in NOT_OCCUPYING:
+def doctor_time(record: Appointment | None, catalog: Catalog) -> DoctorTime | None:
+    if record is None or record.status in NOT_OCCUPYING:
         return None
-    doctor = doctor_key(record.get("assigned_doctor"))
+    doctor = doctor_key(record.assigned_doctor)
     if doctor is None:
         return None
-    start = parse_instant(record["appointment_date"])
-    minutes = (record.get("duration_minutes") or 0) + catalog.settings.buffer_time_minutes
-    return DoctorTime(record["appointment_id"], doctor, start, start + timedelta(minutes=minutes))
+    start = parse_instant(record.appointment_date)
+    minutes = (record.duration_minutes or 0) + catalog.settings.buffer_time_minutes
+    return DoctorTime(record.appointment_id, doctor, start, start + timedelta(minutes=minutes))
 
 
-def record_after(record: dict[str, Any], events: Iterable[ev.Event]) -> dict[str, Any] | None:
+def record_after(record: Appointment, events: Iterable[ev.Event]) -> Appointment | None:
     """The appointment as `events` (of its home window-day) leave it, without touching any real window-day."""
-    scratch = WindowDay(record["window_id"], record["date"])
-    scratch.appointments[record["appointment_id"]] = copy.deepcopy(record)
+    scratch = WindowDay(record.window_id, record.date)
+    scratch.appointments[record.appointment_id] = record
     for event in events:
         if not isinstance(event, ev.AppointmentMovedOut):
             scratch.apply(event)
-    return scratch.appointments.get(record["appointment_id"])
+    return scratch.appointments.get(record.appointment_id)
 
 
 def first_clash(wanted: DoctorTime, busy: Iterable[DoctorTime]) -> DoctorTime | None:

@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from domain import events as ev
+from domain.appointment import Appointment
 from domain.catalog import Branch, Catalog, Service, Window
 from domain.errors import DomainError, validation
 from domain.timerules import iso_utc, local, parse_instant
@@ -26,6 +27,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 STATUSES = ("confirmed", "rescheduled", "in_progress", "completed", "cancelled", "no_show")
 DETAIL_FIELDS = ("assigned_doctor", "notes", "reason", "session", "batch", "diagnosis", "prescription",
                  "follow_up_required", "follow_up_date", "duration_minutes")
+# SaludYa (seed 003) has no `rescheduled`: to its clients a rescheduled appointment is `scheduled`.
+SALUDYA_STATUS = {"rescheduled": "scheduled"}
 PATCH_FIELDS = ("appointment_date", "status", "cancellation_reason", "send_notification", *DETAIL_FIELDS)
 
 
@@ -43,8 +46,9 @@ def normalise_phone(phone: str) -> str:
     return re.sub(r"[\s\-().]", "", phone).casefold()
 
 
-def is_active(appointment: dict[str, Any]) -> bool:
-    return appointment["status"] != "cancelled"
+def is_active(appointment: Appointment | dict[str, Any]) -> bool:
+    status = appointment.status if isinstance(appointment, Appointment) else appointment["status"]
+    return status != "cancelled"
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class WindowDay:
     status: str | None = None  # this date's own OPEN/CLOSED, over the window's default
     max_slots: int | None = None  # this date's own capacity, over the window's
     last_token: int = 0
-    appointments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    appointments: dict[str, Appointment] = field(default_factory=dict)
     # Derived from the active appointments, so a decision never scans the day: who holds which
     # (phone, type), and how many hold each type.
     _holders: dict[tuple[str, str], set[str]] = field(default_factory=dict, repr=False, compare=False)
@@ -82,11 +86,11 @@ class WindowDay:
     def apply(self, event: ev.Event) -> None:
         match event:
             case ev.AppointmentBooked() | ev.AppointmentRescheduled():
-                record = dict(event.appointment)  # flat: scalars only
-                self._unindex(self.appointments.get(record["appointment_id"]))
-                self.appointments[record["appointment_id"]] = record
+                record = Appointment.from_dict(event.appointment)
+                self._unindex(self.appointments.get(record.appointment_id))
+                self.appointments[record.appointment_id] = record
                 self._index(record)
-                self.last_token = max(self.last_token, record["token"] or 0)
+                self.last_token = max(self.last_token, record.token or 0)
             case ev.AppointmentMovedOut():
                 self._unindex(self.appointments.pop(event.appointment_id, None))
             case ev.AppointmentDetailsChanged():
@@ -103,24 +107,22 @@ class WindowDay:
     def _touch(self, appointment_id: str, updated_at: str, changes: dict[str, Any]) -> None:
         record = self.appointments[appointment_id]
         self._unindex(record)
-        record.update(changes)
-        record["updated_at"] = updated_at
-        record["version"] += 1
+        record = self.appointments[appointment_id] = record.changed(updated_at, **changes)
         self._index(record)
 
-    def _index(self, record: dict[str, Any]) -> None:
-        if is_active(record):
-            key = (normalise_phone(record["parent_phone"]), record["appointment_type"])
-            self._holders.setdefault(key, set()).add(record["appointment_id"])
-            self._active[record["appointment_type"]] = self._active.get(record["appointment_type"], 0) + 1
+    def _index(self, record: Appointment) -> None:
+        if record.active:
+            key = (normalise_phone(record.parent_phone), record.appointment_type)
+            self._holders.setdefault(key, set()).add(record.appointment_id)
+            self._active[record.appointment_type] = self._active.get(record.appointment_type, 0) + 1
 
-    def _unindex(self, record: dict[str, Any] | None) -> None:
-        if record is None or not is_active(record):
+    def _unindex(self, record: Appointment | None) -> None:
+        if record is None or not record.active:
             return
-        holders = self._holders.get((normalise_phone(record["parent_phone"]), record["appointment_type"]))
-        if holders is not None and record["appointment_id"] in holders:
-            holders.discard(record["appointment_id"])
-            self._active[record["appointment_type"]] -= 1
+        holders = self._holders.get((normalise_phone(record.parent_phone), record.appointment_type))
+        if holders is not None and record.appointment_id in holders:
+            holders.discard(record.appointment_id)
+            self._active[record.appointment_type] -= 1
 
     # -- what the day holds --------------------------------------------------------------------------
     def effective_status(self, window: Window) -> str:
@@ -134,7 +136,7 @@ class WindowDay:
     def booked(self, service_id: str, excluding: str | None = None) -> int:
         count = self._active.get(service_id, 0)
         other = self.appointments.get(excluding) if excluding else None
-        if other is not None and other["appointment_type"] == service_id and is_active(other):
+        if other is not None and other.appointment_type == service_id and other.active:
             count -= 1
         return count
 
@@ -206,47 +208,47 @@ def book(catalog: Catalog, day: WindowDay, placement: Placement, request: dict[s
     _check_bookable(catalog, day, placement, request["parent_phone"], duplicate_of)
     stamp = iso_utc(now)
     window = placement.window
-    record = {
-        "appointment_id": appointment_id,
-        "appointment_type": placement.service.service_id,
-        "branch_id": placement.branch.branch_id,
-        "window_id": window.window_id,
-        "date": placement.local_date.isoformat(),
-        "session": window.session,
-        "batch": request.get("batch") or window.batch,
-        "token": _next_token(catalog, day),
-        "patient_name": request["patient_name"],
-        "parent_phone": request["parent_phone"],
-        "assigned_doctor": request.get("assigned_doctor"),
-        "status": "confirmed",
-        "external_reference_id": request.get("external_reference_id"),
-        "appointment_date": iso_utc(placement.start),
-        "notes": request.get("notes"),
-        "reason": request.get("reason"),
-        "duration_minutes": request.get("duration_minutes") or placement.service.duration_minutes,
-        "cancellation_reason": None,
-        "cancelled_at": None,
-        "completed_at": None,
-        "diagnosis": None,
-        "prescription": None,
-        "follow_up_required": False,
-        "follow_up_date": None,
-        "created_at": stamp,
-        "updated_at": stamp,
-        "version": 1,
-    }
-    return [ev.AppointmentBooked(appointment=record)]
+    record = Appointment(
+        appointment_id=appointment_id,
+        appointment_type=placement.service.service_id,
+        branch_id=placement.branch.branch_id,
+        window_id=window.window_id,
+        date=placement.local_date.isoformat(),
+        session=window.session,
+        batch=request.get("batch") or window.batch,
+        token=_next_token(catalog, day),
+        patient_name=request["patient_name"],
+        parent_phone=request["parent_phone"],
+        assigned_doctor=request.get("assigned_doctor"),
+        status="confirmed",
+        external_reference_id=request.get("external_reference_id"),
+        appointment_date=iso_utc(placement.start),
+        notes=request.get("notes"),
+        reason=request.get("reason"),
+        duration_minutes=request.get("duration_minutes") or placement.service.duration_minutes,
+        cancellation_reason=None,
+        cancelled_at=None,
+        completed_at=None,
+        diagnosis=None,
+        prescription=None,
+        follow_up_required=False,
+        follow_up_date=None,
+        created_at=stamp,
+        updated_at=stamp,
+        version=1,
+    )
+    return [ev.AppointmentBooked(appointment=record.as_dict())]
 
 
 # -- PATCH: update, reschedule, cancel, complete -----------------------------------------------------------
 
-def check_update(catalog: Catalog, appointment: dict[str, Any], patch: dict[str, Any], now: datetime) -> bool:
+def check_update(catalog: Catalog, appointment: Appointment, patch: dict[str, Any], now: datetime) -> bool:
     """Transition and policy checks that need no target window-day. Returns False when the request leaves the
     record as it is (the same terminal status again)."""
     if not any(name in patch for name in PATCH_FIELDS):
         raise DomainError("VALIDATION_ERROR", "no valid field to update",
                           {"body": "give at least one of " + ", ".join(PATCH_FIELDS)})
-    current = appointment["status"]
+    current = appointment.status
     wanted = patch.get("status")
     if current in TERMINAL:
         if wanted == current:
@@ -271,27 +273,42 @@ def check_update(catalog: Catalog, appointment: dict[str, Any], patch: dict[str,
     if wanted == "cancelled":
         if not catalog.settings.allow_cancellation:
             raise DomainError("CANCELLATION_NOT_ALLOWED", "cancellation is disabled for this organization")
-        start = parse_instant(appointment["appointment_date"])
+        start = parse_instant(appointment.appointment_date)
         notice = catalog.settings.cancellation_notice_hours
         if start - now < timedelta(hours=notice):
             raise DomainError("CANCELLATION_NOTICE_TOO_SHORT", f"appointments can be cancelled at most {notice:g} "
                               "hours before they start", {"cancellation_notice_hours": notice,
-                                                          "appointment_date": appointment["appointment_date"]})
+                                                          "appointment_date": appointment.appointment_date})
         if catalog.settings.require_cancellation_reason and not patch.get("cancellation_reason"):
             raise validation("cancellation_reason", "is required to cancel an appointment")
     if wanted == "completed" and catalog.settings.require_diagnosis_on_complete and not (
-            patch.get("diagnosis") or appointment.get("diagnosis")):
+            patch.get("diagnosis") or appointment.diagnosis):
         raise DomainError("VALIDATION_ERROR", "Invalid request data",
                           {"diagnosis": "Cannot change status to 'completed' without providing diagnosis"})
     return True
 
 
-def reschedule_placement(catalog: Catalog, appointment: dict[str, Any], patch: dict[str, Any],
+def saludya_status(status: str) -> str:
+    return SALUDYA_STATUS.get(status, status)
+
+
+def from_saludya_status(current: str, wanted: str) -> str | None:
+    """The status a SaludYa request asks for, in our words; None when it asks for what the appointment already
+    is (`scheduled`, to SaludYa, is confirmed or rescheduled). Nothing else can go back to `scheduled`."""
+    if wanted != "scheduled":
+        return wanted
+    if current in ("confirmed", "rescheduled"):
+        return None
+    raise DomainError("INVALID_STATE_TRANSITION", f"Cannot change status from '{saludya_status(current)}' to "
+                      "'scheduled'", {"from": saludya_status(current), "to": "scheduled"})
+
+
+def reschedule_placement(catalog: Catalog, appointment: Appointment, patch: dict[str, Any],
                          now: datetime) -> Placement:
     """Rules 6–7 for the new appointment_date, keeping the appointment's type and branch."""
     start = parse_instant(patch["appointment_date"])
-    service = catalog.services[appointment["appointment_type"]]
-    branch = catalog.branches[appointment["branch_id"]]
+    service = catalog.services[appointment.appointment_type]
+    branch = catalog.branches[appointment.branch_id]
     return place(catalog, service, branch, start, patch.get("session"), now)
 
 
@@ -306,46 +323,40 @@ def update(catalog: Catalog, source: WindowDay, appointment_id: str, patch: dict
     home = source
     if placement is not None:
         assert target is not None
-        _check_bookable(catalog, target, placement, appointment["parent_phone"], duplicate_of,
+        _check_bookable(catalog, target, placement, appointment.parent_phone, duplicate_of,
                         excluding=appointment_id)
         same_day = target.stream_id == source.stream_id
         window = placement.window
-        moved = {
-            **appointment,
-            "window_id": window.window_id,
-            "date": placement.local_date.isoformat(),
-            "appointment_date": iso_utc(placement.start),
-            "session": patch.get("session") or window.session,
-            "batch": patch.get("batch") or window.batch,
-            "token": appointment["token"] if same_day else _next_token(catalog, target),
-            "status": patch.get("status") or "rescheduled",
-            "updated_at": stamp,
-            "version": appointment["version"] + 1,
-        }
-        previous = {k: appointment[k] for k in ("window_id", "date", "appointment_date", "session", "batch",
-                                                "token", "status")}
+        moved = appointment.changed(
+            stamp, window_id=window.window_id, date=placement.local_date.isoformat(),
+            appointment_date=iso_utc(placement.start), session=patch.get("session") or window.session,
+            batch=patch.get("batch") or window.batch,
+            token=appointment.token if same_day else _next_token(catalog, target),
+            status=patch.get("status") or "rescheduled")
+        previous = {k: getattr(appointment, k) for k in ("window_id", "date", "appointment_date", "session",
+                                                         "batch", "token", "status")}
         if not same_day:
             out[source.stream_id] = [ev.AppointmentMovedOut(appointment_id=appointment_id,
                                                              to_stream=target.stream_id, updated_at=stamp)]
-        out.setdefault(target.stream_id, []).append(ev.AppointmentRescheduled(appointment=moved, previous=previous))
+        out.setdefault(target.stream_id, []).append(ev.AppointmentRescheduled(appointment=moved.as_dict(), previous=previous))
         appointment, home = moved, target
 
     home_events = out.setdefault(home.stream_id, [])
     details = {name: patch[name] for name in DETAIL_FIELDS
                if name in patch and not (placement is not None and name in ("session", "batch"))
-               and patch[name] != appointment.get(name)}
+               and patch[name] != getattr(appointment, name)}
     if details:
         home_events.append(ev.AppointmentDetailsChanged(appointment_id=appointment_id, changes=details,
                                                         updated_at=stamp))
     wanted = patch.get("status")
-    if placement is None and wanted is not None and wanted != appointment["status"]:
+    if placement is None and wanted is not None and wanted != appointment.status:
         changes: dict[str, Any] = {}
         if wanted == "cancelled":
             changes = {"cancelled_at": stamp, "cancellation_reason": patch.get("cancellation_reason")}
         elif wanted == "completed":
             changes = {"completed_at": stamp}
         home_events.append(ev.AppointmentStatusChanged(appointment_id=appointment_id, status=wanted,
-                                                       previous_status=appointment["status"], changes=changes,
+                                                       previous_status=appointment.status, changes=changes,
                                                        updated_at=stamp))
     if patch.get("send_notification") and home_events:
         home_events.append(ev.NotificationRequested(appointment_id=appointment_id,

@@ -43,7 +43,7 @@ async def reconcile(conn: asyncpg.Connection, org_id: str, date_from: dt.date,
     async with conn.transaction():
         days = await window_days(conn, org_id, date_from, date_to)
         for day in days:
-            truth = {a["appointment_id"]: a for a in day.appointments.values() if wd.is_active(a)}
+            truth = {a.appointment_id: a for a in day.appointments.values() if a.active}
             date = dt.date.fromisoformat(day.date)
             held = {r["appointment_id"] for r in await conn.fetch(
                 f"SELECT appointment_id FROM {BOOKINGS} WHERE window_id = $1 AND date = $2",
@@ -52,6 +52,6 @@ async def reconcile(conn: asyncpg.Connection, org_id: str, date_from: dt.date,
                 continue
             corrections.append({"window_id": day.window_id, "date": day.date, "was": len(held), "now": len(truth)})
             await conn.execute(f"DELETE FROM {BOOKINGS} WHERE window_id = $1 AND date = $2", day.window_id, date)
-            for statement in compile_writes(w for a in truth.values() for w in booking_writes(a, org)):
+            for statement in compile_writes(w for a in truth.values() for w in booking_writes(a.as_dict(), org)):
                 await statement.run(conn)
     return len(days), corrections

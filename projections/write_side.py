@@ -10,11 +10,10 @@ and their unique and exclusion constraints turn a lost race into a retry.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
-
 from domain import doctors
+from domain.appointment import Appointment
 from domain.catalog import Catalog
-from domain.windowday import is_active, normalise_phone, stream_id
+from domain.windowday import normalise_phone, stream_id
 from projections.base import Write
 
 _UPSERTS = {
@@ -35,30 +34,30 @@ TABLES = tuple(_UPSERTS)
 _DELETE = "DELETE FROM {table} WHERE appointment_id = ANY($1::text[]) AND {{guard}}"
 
 
-def rows(record: dict[str, Any], org_id, catalog: Catalog) -> dict[str, tuple | None]:
+def rows(record: Appointment, org_id, catalog: Catalog) -> dict[str, tuple | None]:
     """The write-side rows an appointment record implies, per table (None: no row), each led by its id."""
-    appointment_id = record["appointment_id"]
-    active = is_active(record)
-    ref = record.get("external_reference_id")
+    appointment_id = record.appointment_id
+    active = record.active
+    ref = record.external_reference_id
     time = doctors.doctor_time(record, catalog)
     return {
-        "appointment_streams": (appointment_id, org_id, stream_id(record["window_id"], record["date"])),
+        "appointment_streams": (appointment_id, org_id, stream_id(record.window_id, record.date)),
         "booking_refs": (appointment_id, org_id, ref) if active and ref else None,
-        "booking_keys": (appointment_id, org_id, normalise_phone(record["parent_phone"]),
-                         record["appointment_type"], dt.date.fromisoformat(record["date"]))
+        "booking_keys": (appointment_id, org_id, normalise_phone(record.parent_phone),
+                         record.appointment_type, dt.date.fromisoformat(record.date))
         if active and catalog.settings.prevent_duplicate_bookings else None,
         "doctor_bookings": None if time is None else (appointment_id, org_id, time.doctor, time.start, time.end),
     }
 
 
-def writes(before: dict[str, Any] | None, after: dict[str, Any], org_id, catalog: Catalog) -> list[Write]:
+def writes(before: Appointment | None, after: Appointment, org_id, catalog: Catalog) -> list[Write]:
     """What changes in the write-side tables when an appointment goes from `before` (None: new) to `after`."""
     old = rows(before, org_id, catalog) if before is not None else {}
     out = []
     for table, row in rows(after, org_id, catalog).items():
         if row == old.get(table):
             continue
-        appointment_id = after["appointment_id"]
+        appointment_id = after.appointment_id
         if row is None:
             out.append(Write(table, _DELETE.format(table=table), (appointment_id,), (appointment_id,)))
         else:

@@ -93,8 +93,9 @@ class BookingBatcher:
         change = Change(day.stream_id, expected, [], [])
         touched, results = [], []
         for i, create in enumerate(batch):
+            appointment_id = self.new_id()
             try:
-                events = decisions.decide_create(catalog, day, create.placement, create.request, self.new_id(), now)
+                events = decisions.decide_create(catalog, day, create.placement, create.request, appointment_id, now)
             except DomainError as exc:
                 refused.append((i, exc))
                 continue
@@ -102,9 +103,9 @@ class BookingBatcher:
                 day.apply(event)
             change.events += events
             change.metas += [create.meta] * len(events)
-            record = events[0].appointment
+            record = day.appointments[appointment_id]
             touched.append((None, record))
-            answers[i] = written(201, record, None)
+            answers[i] = written(201, record.as_dict(), None)
             result = pending(create.meta, answers[i], day.version)
             if result is not None:
                 results.append((day.stream_id, result))

@@ -19,6 +19,7 @@ from domain import decisions
 from domain import doctors
 from domain import events as ev
 from domain import windowday as wd
+from domain.appointment import Appointment
 from domain.errors import DomainError, not_found
 from domain.timerules import local, parse_day
 from projections import write_side
@@ -122,7 +123,8 @@ class CommandHandler:
                 if row is None:
                     raise not_found("organization", org_id)
                 if row["by_ref"]:
-                    return written(200, await self._current(conn, org_id, row["by_ref"]), None, idempotent=True)
+                    existing = await self._current(conn, org_id, row["by_ref"])
+                    return written(200, existing.as_dict(), None, idempotent=True)
                 catalog = await self.uow.catalog_at(org_id, row["config_version"], conn)
                 placement = decisions.plan_create(catalog, request, self.clock())
                 async with self.uow.lock(placement.stream_id):
@@ -142,12 +144,12 @@ class CommandHandler:
         day = await self.uow.day(placement.stream_id, conn, row["version"] or 0)
         now = self.clock()
         events = decisions.decide_create(catalog, day, placement, request, new_appointment_id(), now, duplicate)
-        record = events[0].appointment
+        record = Appointment.from_dict(events[0].appointment)
         doctor = doctors.doctor_time(record, catalog)
         if doctor is not None:
             await self._check_doctor(conn, org_id, catalog, doctor, placement.service.service_id,
                                      placement.branch.branch_id)
-        outcome = written(201, record, None)
+        outcome = written(201, record.as_dict(), None)
         result = pending(meta, outcome, day.version + 1)
         stored = await self.uow.commit(conn, Work(
             org_id, catalog, version, [Change(day.stream_id, day.version, events, [meta])],
@@ -165,7 +167,7 @@ class CommandHandler:
             raise not_found("appointment", appointment_id)
         return row["stream_id"], row["version"]
 
-    async def _current(self, conn: asyncpg.Connection, org_id: str, appointment_id: str) -> dict[str, Any]:
+    async def _current(self, conn: asyncpg.Connection, org_id: str, appointment_id: str) -> Appointment:
         """The write side's current record of an appointment."""
         stream, version = await self.locate(org_id, appointment_id, conn)
         day = await self.uow.day(stream, conn, version)
@@ -173,8 +175,8 @@ class CommandHandler:
             raise Conflict
         return day.appointments[appointment_id]
 
-    async def get_appointment(self, org_id: str, appointment_id: str) -> dict[str, Any]:
-        async def attempt() -> dict[str, Any]:
+    async def get_appointment(self, org_id: str, appointment_id: str) -> Appointment:
+        async def attempt() -> Appointment:
             async with self.pool.acquire() as conn:
                 return await self._current(conn, org_id, appointment_id)
 
@@ -208,11 +210,11 @@ class CommandHandler:
         source = await self.uow.day(source_stream, conn, stream_version)
         if appointment_id not in source.appointments:
             raise Conflict
-        before = dict(source.appointments[appointment_id])  # the cached record changes when events are folded
+        before = source.appointments[appointment_id]
         now = self.clock()
         plan = decisions.plan_update(catalog, before, patch, now)
         if plan.unchanged:
-            return written(200, before, None)
+            return written(200, before.as_dict(), None)
         if plan.stream_id != target_stream:
             raise Conflict
         target = duplicate = None
@@ -221,7 +223,7 @@ class CommandHandler:
                 "SELECT (SELECT appointment_id FROM booking_keys WHERE org_id = $1 AND phone = $2 AND service_id = $3"
                 " AND local_date = $4 AND appointment_id <> $5) AS duplicate,"
                 " (SELECT version FROM streams WHERE stream_id = $6) AS version", uuid.UUID(org_id),
-                wd.normalise_phone(before["parent_phone"]), before["appointment_type"], plan.placement.local_date,
+                wd.normalise_phone(before.parent_phone), before.appointment_type, plan.placement.local_date,
                 appointment_id, plan.placement.stream_id)
             duplicate = row["duplicate"]
             target = source if plan.placement.stream_id == source_stream else await self.uow.day(
@@ -229,16 +231,16 @@ class CommandHandler:
         by_stream = decisions.decide_update(catalog, source, appointment_id, patch, now, target, plan.placement,
                                             duplicate)
         if not by_stream:
-            return written(200, before, None)
+            return written(200, before.as_dict(), None)
         home = target or source
         after = doctors.record_after(before, by_stream.get(home.stream_id, []))
         doctor_after = doctors.doctor_time(after, catalog)
         if doctor_after is not None and doctor_after != doctors.doctor_time(before, catalog):
-            await self._check_doctor(conn, org_id, catalog, doctor_after, before["appointment_type"],
-                                     before["branch_id"])
+            await self._check_doctor(conn, org_id, catalog, doctor_after, before.appointment_type,
+                                     before.branch_id)
         days = {source.stream_id: source, home.stream_id: home}
         changes = [Change(s, days[s].version, events, [meta] * len(events)) for s, events in by_stream.items()]
-        outcome = written(200, after, None)
+        outcome = written(200, after.as_dict(), None)
         result = pending(meta, outcome, home.version + len(by_stream[home.stream_id]))
         stored = await self.uow.commit(conn, Work(
             org_id, catalog, version, changes, touched=[(before, after)],

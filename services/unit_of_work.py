@@ -22,6 +22,7 @@ import asyncpg
 from domain import catalog as cat
 from domain import events as ev
 from domain import windowday as wd
+from domain.appointment import Appointment
 from domain.errors import DomainError, not_found
 from projections import write_side
 from projections.base import Write, compile_writes
@@ -53,7 +54,7 @@ class Work:
     catalog: cat.Catalog
     config_version: int | None
     changes: list[Change]
-    touched: Sequence[tuple[dict[str, Any] | None, dict[str, Any]]] = ()
+    touched: Sequence[tuple[Appointment | None, Appointment]] = ()
     results: Sequence[tuple[str, PendingResult]] = ()  # (stream id, result)
     writes: Sequence[Write] = ()  # write-side rows not about appointments (the orgs row)
 

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from domain import catalog as cat
+from domain import windowday as wd
 from domain.errors import DomainError
 from domain.timerules import at_local, iso_utc, local, parse_hhmm, parse_instant
 from schemas.http import ClinicalUpdate, UpdateAppointment
@@ -44,7 +45,7 @@ def record(appointment: dict[str, Any], catalog: cat.Catalog) -> dict[str, Any]:
         "date": appointment["date"],
         "time": start.strftime("%H:%M"),
         "duration_minutes": appointment.get("duration_minutes"),
-        "status": "scheduled" if appointment["status"] == "rescheduled" else appointment["status"],
+        "status": wd.saludya_status(appointment["status"]),
         "reason": appointment.get("reason"),
         "notes": appointment.get("notes"),
         "diagnosis": appointment.get("diagnosis"),
@@ -71,18 +72,17 @@ async def update_appointment(request, backend: Backend, principal: Principal, bo
     current = None
     if "date" in given or "time" in given:
         current = await backend.handler.get_appointment(principal.org_id, appointment_id)
-        was = local(parse_instant(current["appointment_date"]), tz)
+        was = local(parse_instant(current.appointment_date), tz)
         day = given.get("date") or was.date()
         wall = parse_hhmm(given["time"], "time") if "time" in given else was.time().replace(tzinfo=None)
         patch["appointment_date"] = iso_utc(at_local(day, wall, tz))
-    if given.get("status") == "scheduled":
-        # Confirmed and rescheduled appointments already are `scheduled` to SaludYa; nothing else can go back.
-        current = current or await backend.handler.get_appointment(principal.org_id, appointment_id)
-        if current["status"] not in ("confirmed", "rescheduled"):
-            raise DomainError("INVALID_STATE_TRANSITION", f"Cannot change status from '{current['status']}' to "
-                              "'scheduled'", {"from": current["status"], "to": "scheduled"})
-    elif "status" in given:
-        patch["status"] = given["status"]
+    if "status" in given:
+        wanted = given["status"]
+        if wanted == "scheduled":  # SaludYa's word: what it means depends on the appointment's status
+            current = current or await backend.handler.get_appointment(principal.org_id, appointment_id)
+            wanted = wd.from_saludya_status(current.status, wanted)
+        if wanted is not None:
+            patch["status"] = wanted
     try:
         outcome = await commands.update_appointment(backend.handler, principal.org_id, appointment_id,
                                                     UpdateAppointment.model_validate(patch),

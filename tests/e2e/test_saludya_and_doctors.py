@@ -214,7 +214,7 @@ async def test_saludya_seed_examples_reschedule_complete_cancel(runtime, clinic)
         "time": "10:00", "duration_minutes": 30, "status": "scheduled",
         "reason": "Consulta de control cardiovascular", "notes": "Paciente solicitó cambio de horario"}
     record = await runtime.handler.get_appointment(api.org_id, appointment_id)
-    start = dt.datetime.fromisoformat(record["appointment_date"].replace("Z", "+00:00"))
+    start = dt.datetime.fromisoformat(record.appointment_date.replace("Z", "+00:00"))
     assert start.astimezone(ZoneInfo("America/Bogota")).strftime("%Y-%m-%d %H:%M") == f"{new_day} 10:00"
 
     follow_up = local_date(api, 90)

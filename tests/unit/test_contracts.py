@@ -86,7 +86,7 @@ def test_the_events_the_domain_writes_match_their_schemas():
     fold(wd.update(catalog, days[target.stream_id], "appt_aaaaaaaaaa", {"status": "cancelled", "cancellation_reason": "x"},
                    NOW, None, None))
     written += wd.adjust_day(days[target.stream_id], "CLOSED", 3)
-    assert appointment["appointment_id"] == "appt_aaaaaaaaaa"
+    assert appointment.appointment_id == "appt_aaaaaaaaaa"
 
     seen = set()
     for event in written:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 
 from domain import doctors
+from domain.appointment import Appointment
 from domain import windowday as wd
 from domain.errors import DomainError
 from tests.unit.test_domain import NOW, World, make_catalog, request
@@ -24,11 +25,11 @@ def test_a_doctor_is_one_doctor_however_the_name_is_written():
 def test_the_doctor_is_held_for_duration_plus_buffer_and_only_while_active():
     world = World(make_catalog(max_slots=5, buffer_time_minutes=15))
     record = world.create(request("2026-03-03T09:30:00Z", assigned_doctor="Dr. Ramírez", duration_minutes=30))
-    held = doctors.doctor_time(record, world.catalog)
+    held = doctors.doctor_time(Appointment.from_dict(record), world.catalog)
     assert (held.doctor, held.start, held.end) == ("dr. ramírez", at("09:30"), at("10:15"))
     for status in ("cancelled", "no_show"):
-        assert doctors.doctor_time({**record, "status": status}, world.catalog) is None
-    assert doctors.doctor_time({**record, "assigned_doctor": None}, world.catalog) is None
+        assert doctors.doctor_time(Appointment.from_dict({**record, "status": status}), world.catalog) is None
+    assert doctors.doctor_time(Appointment.from_dict({**record, "assigned_doctor": None}), world.catalog) is None
 
 
 def test_overlap_counts_the_buffer_of_the_earlier_appointment_and_never_itself():
@@ -81,6 +82,6 @@ def test_record_after_folds_a_patch_without_touching_the_day():
     record = world.create(request("2026-03-03T09:30:00Z", assigned_doctor="Dr. A"))
     day = world.days[world.where[record["appointment_id"]]]
     by_stream = wd.update(world.catalog, day, record["appointment_id"], {"assigned_doctor": "Dr. B"}, NOW)
-    after = doctors.record_after(record, by_stream[day.stream_id])
-    assert (after["assigned_doctor"], record["assigned_doctor"]) == ("Dr. B", "Dr. A")
-    assert day.appointments[record["appointment_id"]]["assigned_doctor"] == "Dr. A"
+    after = doctors.record_after(Appointment.from_dict(record), by_stream[day.stream_id])
+    assert (after.assigned_doctor, record["assigned_doctor"]) == ("Dr. B", "Dr. A")
+    assert day.appointments[record["appointment_id"]].assigned_doctor == "Dr. A"

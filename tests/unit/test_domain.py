@@ -55,18 +55,18 @@ class World:
         for e in decisions.decide_create(self.catalog, day, placement, req, appointment_id, now, dup):
             day.apply(e)
         self.where[appointment_id] = day.stream_id
-        return day.appointments[appointment_id]
+        return day.appointments[appointment_id].as_dict()
 
     def patch(self, appointment_id: str, patch: dict, now=NOW) -> dict:
         source = self.days[self.where[appointment_id]]
         appointment = source.appointments[appointment_id]
         plan = decisions.plan_update(self.catalog, appointment, patch, now)
         if plan.unchanged:
-            return appointment
+            return appointment.as_dict()
         target = dup = None
         if plan.placement is not None:
             target = self.day(plan.placement)
-            dup = self.duplicate(appointment["parent_phone"], appointment["appointment_type"],
+            dup = self.duplicate(appointment.parent_phone, appointment.appointment_type,
                                  plan.placement.local_date.isoformat(), excluding=appointment_id)
         for stream, events in decisions.decide_update(self.catalog, source, appointment_id, patch, now, target,
                                                       plan.placement, dup).items():
@@ -74,7 +74,7 @@ class World:
                 self.days[stream].apply(e)
         if target is not None:
             self.where[appointment_id] = target.stream_id
-        return self.days[self.where[appointment_id]].appointments[appointment_id]
+        return self.days[self.where[appointment_id]].appointments[appointment_id].as_dict()
 
 
 def code_of(fn, *args, **kwargs) -> str:
@@ -260,7 +260,7 @@ def test_refused_transitions(start, to):
 def test_setting_the_same_terminal_status_again_changes_nothing(terminal):
     world = World(make_catalog(max_slots=10))
     appointment_id = _appointment_in(world, terminal)
-    before = dict(world.days[world.where[appointment_id]].appointments[appointment_id])
+    before = world.days[world.where[appointment_id]].appointments[appointment_id].as_dict()
     assert world.patch(appointment_id, {"status": terminal, "notes": "again"}) == before
     assert code_of(world.patch, appointment_id, {"notes": "late note"}) == "INVALID_STATE_TRANSITION"
 
@@ -375,14 +375,14 @@ def test_no_sequence_overbooks_duplicates_or_reuses_a_token(ops, max_slots, dedu
             window = world.catalog.windows[day.window_id]
             for service_id in ("svc-a", "svc-b"):
                 assert day.booked(service_id) <= day.capacity(window)
-            tokens = [a["token"] for a in day.appointments.values() if a["token"] is not None]
+            tokens = [a.token for a in day.appointments.values() if a.token is not None]
             assert len(tokens) == len(set(tokens))
             # a token handed out once is never handed out again, even after a move or cancel
             issued = tokens_seen.setdefault(stream, set())
-            new = {a["token"] for a in day.appointments.values()} - issued
+            new = {a.token for a in day.appointments.values()} - issued
             assert all(t > max(issued, default=0) for t in new)
             issued |= new
         if dedupe:
-            active = [(a["parent_phone"], a["appointment_type"], a["date"])
-                      for day in world.days.values() for a in day.appointments.values() if a["status"] != "cancelled"]
+            active = [(a.parent_phone, a.appointment_type, a.date)
+                      for day in world.days.values() for a in day.appointments.values() if a.active]
             assert len(active) == len(set(active))

@@ -1,0 +1,61 @@
+"""The appointment record: what the window-day holds for each appointment, typed and frozen.
+
+Events carry it as plain JSON (`as_dict()`), and the read models store that; inside the domain a change
+makes a new record (`changed`), so a record someone holds never changes under them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+ACTIVE_EXCEPT = "cancelled"  # every other status holds its place in the window-day
+
+
+@dataclass(frozen=True, slots=True)
+class Appointment:
+    appointment_id: str
+    appointment_type: str  # the service id
+    branch_id: str
+    window_id: str
+    date: str  # local YYYY-MM-DD
+    session: str
+    batch: str | None
+    token: int | None
+    patient_name: str
+    parent_phone: str  # as sent
+    assigned_doctor: str | None
+    status: str
+    external_reference_id: str | None
+    appointment_date: str  # UTC ISO instant
+    notes: str | None
+    reason: str | None
+    duration_minutes: int | None
+    cancellation_reason: str | None
+    cancelled_at: str | None
+    completed_at: str | None
+    diagnosis: str | None
+    prescription: str | None
+    follow_up_required: bool
+    follow_up_date: str | None
+    created_at: str
+    updated_at: str
+    version: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Appointment":
+        return cls(**{name: data.get(name) for name in FIELDS})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in FIELDS}
+
+    @property
+    def active(self) -> bool:
+        return self.status != ACTIVE_EXCEPT
+
+    def changed(self, updated_at: str, **changes: Any) -> "Appointment":
+        """The record after one event's changes: a new version."""
+        return dataclasses.replace(self, **changes, updated_at=updated_at, version=self.version + 1)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(Appointment))
