@@ -56,13 +56,18 @@ async def spread(url: str, key: str, clients: int, seconds: float, days: int, la
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
         async def visible_after(appointment_id: str, committed: float) -> None:
-            # Commit ≈ when the write's response arrived; visible = the read model answers 200.
+            # Read-after-write: a GET sent as soon as the create's response arrived. Anything but 200 is a miss
+            # (DESIGN §2: there must be none); the time is from the response to the GET's answer.
+            first = True
             while True:
                 async with session.get(f"{url}/v1/appointments/{appointment_id}") as resp:
                     await resp.read()
                     if resp.status == 200:
                         lags.append(time.perf_counter() - committed)
                         return
+                if first:
+                    errors["read_after_write_miss"] = errors.get("read_after_write_miss", 0) + 1
+                    first = False
                 if time.perf_counter() - committed > 10:
                     errors["lag_timeout"] = errors.get("lag_timeout", 0) + 1
                     return
@@ -99,7 +104,8 @@ async def spread(url: str, key: str, clients: int, seconds: float, days: int, la
         await asyncio.gather(*list(lag_tasks))
     return {"clients": clients, "seconds": round(elapsed, 2), "creates": len(latencies),
             "creates_per_s": round(len(latencies) / elapsed, 1), "latency_ms": summary_ms(latencies),
-            "errors": sum(v for k, v in errors.items() if k != "lag_timeout"), "error_codes": errors,
+            "errors": sum(v for k, v in errors.items() if k not in ("lag_timeout", "read_after_write_miss")),
+            "error_codes": errors, "read_after_write_misses": errors.get("read_after_write_miss", 0),
             "projection_lag_ms": {**summary_ms(lags), "samples": len(lags)}}
 
 

@@ -42,21 +42,28 @@ class Statement:
 
 def compile_writes(writes: Iterable[Write]) -> list[Statement]:
     """Row writes → statements, in an order that keeps every row's writes in sequence. A write joins the latest
-    statement of its SQL unless a write to one of its rows came at or after that statement."""
+    statement of its SQL unless a write to one of its rows came at or after that statement. (Plain loops: this
+    runs on every command.)"""
     out: list[Statement] = []
     latest: dict[str, int] = {}  # sql → index of its latest statement
     touched: dict[tuple[str, Hashable], int] = {}  # (table, key) → index of the last statement touching it
     for write in writes:
-        keys = [(write.table, key) for key in write.keys]
+        table = write.table
         at = latest.get(write.sql)
-        if at is None or any(touched.get(key, -1) >= at for key in keys):
+        if at is not None:
+            for key in write.keys:
+                if touched.get((table, key), -1) >= at:
+                    at = None
+                    break
+        if at is None:
             at = len(out)
-            out.append(Statement(write.table, write.sql, [[] for _ in write.row]))
+            out.append(Statement(table, write.sql, [[] for _ in write.row]))
             latest[write.sql] = at
-        for column, value in zip(out[at].columns, write.row):
-            column.append(value)
-        for key in keys:
-            touched[key] = at
+        columns = out[at].columns
+        for n, value in enumerate(write.row):
+            columns[n].append(value)
+        for key in write.keys:
+            touched[(table, key)] = at
     return out
 
 

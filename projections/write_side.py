@@ -54,10 +54,10 @@ def writes(before: Appointment | None, after: Appointment, org_id, catalog: Cata
     """What changes in the write-side tables when an appointment goes from `before` (None: new) to `after`."""
     old = rows(before, org_id, catalog) if before is not None else {}
     out = []
+    appointment_id = after.appointment_id
     for table, row in rows(after, org_id, catalog).items():
         if row == old.get(table):
             continue
-        appointment_id = after.appointment_id
         if row is None:
             out.append(Write(table, _DELETE.format(table=table), (appointment_id,), (appointment_id,)))
         else:
