@@ -23,7 +23,6 @@ class Settings(BaseSettings):
     pool_min_size: int = 2
     pool_max_size: int = 20
     command_retries: int = 8
-    read_wait_seconds: float = 5.0  # bound on min_position waits
     poll_interval_seconds: float = 1.0  # projector fallback when no NOTIFY arrives
 
     def topic(self, name: str) -> str:

@@ -269,17 +269,6 @@ class EventStore:
             rows = await conn.fetch(sql, str(after.transaction_id), after.global_position, limit)
         return [_row_to_event(row) for row in rows]
 
-    async def position_of(self, global_position: int) -> LogPosition | None:
-        """The log position of the event a client was given `global_position` for."""
-        async with self.pool.acquire() as conn:
-            tx = await conn.fetchval(
-                "SELECT transaction_id::text::bigint FROM events WHERE global_position = $1", global_position)
-        return None if tx is None else LogPosition(tx, global_position)
-
-    async def head(self) -> int:
-        async with self.pool.acquire() as conn:
-            return await conn.fetchval("SELECT coalesce(max(global_position), 0) FROM events")
-
     @property
     def channel(self) -> str:
         return f"{self.schema}_events"
