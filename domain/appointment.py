@@ -41,6 +41,8 @@ class Appointment:
     created_at: str
     updated_at: str
     version: int
+    doctor_id: str | None = None  # doc_…, when assigned_doctor names a registered doctor
+    patient_id: str | None = None  # pat_…: one org, phone (E.164) and patient name
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Appointment":

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import secrets
+import string
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time
@@ -9,6 +11,7 @@ from typing import Any
 
 from domain import events as ev
 from domain.errors import DomainError, not_found, validation
+from domain.patients import valid_region
 from domain.timerules import WEEKDAYS, parse_hhmm, zone
 
 SESSIONS = ("Morning", "Afternoon", "Evening")
@@ -28,12 +31,16 @@ class OrgSettings:
     token_numbering: bool = False
     require_cancellation_reason: bool = False
     require_diagnosis_on_complete: bool = False
+    phone_region: str | None = None  # ISO 3166-1 alpha-2: how national phone numbers are read
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(OrgSettings))
+# DESIGN §3: no setting can be set to a value that makes later commands fail.
+SETTING_BOUNDS = {"buffer_time_minutes": (0, 1440), "max_advance_booking_days": (1, 3650),
+                  "min_notice_hours": (0, 8760), "cancellation_notice_hours": (0, 8760)}
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,17 @@ class Service:
     service_id: str
     name: str
     duration_minutes: int
+
+
+@dataclass(frozen=True)
+class Doctor:
+    doctor_id: str  # doc_…
+    name: str
+    specialty: str | None = None
+    branch_ids: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "branch_ids": list(self.branch_ids)}
 
 
 @dataclass(frozen=True)
@@ -81,6 +99,7 @@ class Catalog:
     services: dict[str, Service] = field(default_factory=dict)
     branches: dict[str, Branch] = field(default_factory=dict)
     windows: dict[str, Window] = field(default_factory=dict)
+    doctors: dict[str, Doctor] = field(default_factory=dict)
     exists: bool = False
 
     # -- folding events ------------------------------------------------------------------------------
@@ -102,10 +121,17 @@ class Catalog:
                 self.windows[event.window_id] = replace(self.windows[event.window_id], **event.changes)
             case ev.WindowDisabled():
                 self.windows[event.window_id] = replace(self.windows[event.window_id], enabled=False)
+            case ev.DoctorRegistered():
+                self.doctors[event.doctor_id] = Doctor(event.doctor_id, event.name, event.specialty,
+                                                       tuple(event.branch_ids))
+            case ev.DoctorChanged():
+                changes = {k: tuple(v) if k == "branch_ids" else v for k, v in event.changes.items()}
+                self.doctors[event.doctor_id] = replace(self.doctors[event.doctor_id], **changes)
 
     def evolved(self, events: list[ev.Event]) -> "Catalog":
         """A copy with `events` folded in; this catalog is left as it is (it may be shared, cached)."""
-        after = replace(self, services=dict(self.services), branches=dict(self.branches), windows=dict(self.windows))
+        after = replace(self, services=dict(self.services), branches=dict(self.branches), windows=dict(self.windows),
+                        doctors=dict(self.doctors))
         for event in events:
             after.apply(event)
         return after
@@ -134,6 +160,28 @@ class Catalog:
             raise not_found("branch", branch_id)
         return self.branches[branch_id]
 
+    def doctor(self, doctor_id: str) -> Doctor:
+        if doctor_id not in self.doctors:
+            raise not_found("doctor", doctor_id)
+        return self.doctors[doctor_id]
+
+    def resolve_doctor(self, value: str | None) -> Doctor | None:
+        """A registered doctor by id, or by name with case and extra spaces ignored; None: free text (HuskyVoice
+        takes any name or identifier)."""
+        if not value or not value.strip():
+            return None
+        if value in self.doctors:
+            return self.doctors[value]
+        wanted = " ".join(value.split()).casefold()
+        return next((d for d in self.doctors.values() if " ".join(d.name.split()).casefold() == wanted), None)
+
+    def specialty(self, doctor_id: str | None, service: Service | None) -> str | None:
+        """What SaludYa calls the appointment's specialty: the doctor's, when known; else the service's name."""
+        doctor = self.doctors.get(doctor_id) if doctor_id else None
+        if doctor is not None and doctor.specialty:
+            return doctor.specialty
+        return service.name if service else None
+
     def window(self, window_id: str) -> Window:
         if window_id not in self.windows:
             raise not_found("calendar window", window_id)
@@ -159,6 +207,10 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def new_doctor_id() -> str:
+    return "doc_" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(10))
+
+
 def create_org(org_id: str, name: str, timezone: str) -> list[ev.Event]:
     if not name.strip():
         raise validation("name", "must not be empty")
@@ -173,10 +225,11 @@ def change_settings(catalog: Catalog, changes: dict[str, Any]) -> list[ev.Event]
         raise DomainError("VALIDATION_ERROR", "unknown settings", {name: "unknown field" for name in sorted(unknown)})
     if "timezone" in changes:
         zone(changes["timezone"])
-    for name in ("buffer_time_minutes", "max_advance_booking_days", "min_notice_hours",
-                 "cancellation_notice_hours"):
-        if name in changes and changes[name] < 0:
-            raise validation(name, "must not be negative")
+    for name, (low, high) in SETTING_BOUNDS.items():
+        if name in changes and not low <= changes[name] <= high:
+            raise validation(name, f"must be between {low:g} and {high:g}")
+    if changes.get("phone_region") is not None and not valid_region(changes["phone_region"]):
+        raise validation("phone_region", "must be an ISO 3166-1 alpha-2 region code, e.g. IN")
     effective = {k: v for k, v in changes.items() if getattr(catalog.settings, k) != v}
     return [ev.OrgSettingsChanged(changes=effective)] if effective else []
 
@@ -189,6 +242,37 @@ def add_service(catalog: Catalog, service_id: str, name: str, duration_minutes: 
     if duration_minutes <= 0:
         raise validation("duration_minutes", "must be positive")
     return [ev.ServiceAdded(service_id=service_id, name=name.strip(), duration_minutes=duration_minutes)]
+
+
+def register_doctor(catalog: Catalog, doctor_id: str, name: str, specialty: str | None,
+                    branch_ids: list[str]) -> list[ev.Event]:
+    if not name.strip():
+        raise validation("name", "must not be empty")
+    for branch_id in branch_ids:
+        if branch_id not in catalog.branches:
+            raise not_found("branch", branch_id)
+    if catalog.resolve_doctor(name) is not None:
+        raise DomainError("CONFLICT", f"a doctor named '{name.strip()}' is already registered", {"name": "already exists"})
+    return [ev.DoctorRegistered(doctor_id=doctor_id, name=" ".join(name.split()), specialty=specialty,
+                                branch_ids=list(branch_ids))]
+
+
+def change_doctor(catalog: Catalog, doctor_id: str, changes: dict[str, Any]) -> list[ev.Event]:
+    current = catalog.doctor(doctor_id)
+    if "name" in changes:
+        if not changes["name"].strip():
+            raise validation("name", "must not be empty")
+        changes = {**changes, "name": " ".join(changes["name"].split())}
+        other = catalog.resolve_doctor(changes["name"])
+        if other is not None and other.doctor_id != doctor_id:
+            raise DomainError("CONFLICT", f"a doctor named '{changes['name']}' is already registered",
+                              {"name": "already exists"})
+    for branch_id in changes.get("branch_ids", ()):
+        if branch_id not in catalog.branches:
+            raise not_found("branch", branch_id)
+    effective = {k: v for k, v in changes.items()
+                 if (tuple(v) if k == "branch_ids" else v) != getattr(current, k)}
+    return [ev.DoctorChanged(doctor_id=doctor_id, changes=effective)] if effective else []
 
 
 def add_branch(catalog: Catalog, branch_id: str, name: str) -> list[ev.Event]:

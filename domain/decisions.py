@@ -13,6 +13,7 @@ from typing import Any
 
 from domain import events as ev
 from domain import windowday as wd
+from domain.appointment import Appointment
 from domain.catalog import Catalog
 from domain.timerules import parse_instant
 
@@ -42,9 +43,11 @@ class UpdatePlan:
         return None if self.placement is None else self.placement.stream_id
 
 
-def plan_update(catalog: Catalog, appointment: dict[str, Any], patch: dict[str, Any], now: datetime) -> UpdatePlan:
-    """Transitions and policies that need no target window-day, and rules 6–7 for a new appointment_date."""
-    if not wd.check_update(catalog, appointment, patch, now):
+def plan_update(catalog: Catalog, appointment: Appointment, patch: dict[str, Any], now: datetime,
+                strict: bool = False) -> UpdatePlan:
+    """Transitions and policies that need no target window-day, and rules 6–7 for a new appointment_date.
+    `strict`: SaludYa's rules (a cancellation needs a reason, a completion a diagnosis)."""
+    if not wd.check_update(catalog, appointment, patch, now, strict):
         return UpdatePlan(unchanged=True)
     if "appointment_date" not in patch:
         return UpdatePlan(unchanged=False)

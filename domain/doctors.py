@@ -45,7 +45,7 @@ class DoctorTime:
 def doctor_time(record: Appointment | None, catalog: Catalog) -> DoctorTime | None:
     if record is None or record.status in NOT_OCCUPYING:
         return None
-    doctor = doctor_key(record.assigned_doctor)
+    doctor = record.doctor_id or doctor_key(record.assigned_doctor)  # the id when the doctor is registered
     if doctor is None:
         return None
     start = parse_instant(record.appointment_date)

@@ -67,6 +67,22 @@ class WindowDisabled(Event):
     window_id: str
 
 
+@dataclass(frozen=True)
+class DoctorRegistered(Event):
+    type = "doctor.registered"
+    doctor_id: str
+    name: str
+    specialty: str | None
+    branch_ids: list[str]
+
+
+@dataclass(frozen=True)
+class DoctorChanged(Event):
+    type = "doctor.changed"
+    doctor_id: str
+    changes: dict[str, Any]
+
+
 # -- window-day streams: wd-<window_id>-<YYYY-MM-DD> --------------------------------------------------
 
 @dataclass(frozen=True)
@@ -83,6 +99,7 @@ class WindowDayAdjusted(Event):
 class AppointmentBooked(Event):
     type = "appointment.booked"
     appointment: dict[str, Any]
+    phone_e164: str | None = None  # the phone as the duplicate rule and patients compare it, at booking time
 
 
 @dataclass(frozen=True)
@@ -134,6 +151,7 @@ class NotificationRequested(Event):
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls for cls in (
         OrgCreated, OrgSettingsChanged, ServiceAdded, BranchAdded, WindowCreated, WindowChanged, WindowDisabled,
+        DoctorRegistered, DoctorChanged,
         WindowDayAdjusted, AppointmentBooked, AppointmentRescheduled, AppointmentMovedOut,
         AppointmentDetailsChanged, AppointmentStatusChanged, NotificationRequested,
     )

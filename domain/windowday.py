@@ -7,21 +7,22 @@ them race-free.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from domain import events as ev
+from domain import patients
 from domain.appointment import Appointment
+from domain.patients import phone_key
 from domain.catalog import Branch, Catalog, Service, Window
 from domain.errors import DomainError, validation
 from domain.timerules import iso_utc, local, parse_instant
 
 TERMINAL = frozenset({"completed", "cancelled", "no_show"})
 TRANSITIONS: dict[str, frozenset[str]] = {
-    "confirmed": frozenset({"rescheduled", "in_progress", "completed", "cancelled", "no_show"}),
-    "rescheduled": frozenset({"rescheduled", "in_progress", "completed", "cancelled", "no_show"}),
+    "confirmed": frozenset({"confirmed", "rescheduled", "in_progress", "completed", "cancelled", "no_show"}),
+    "rescheduled": frozenset({"confirmed", "rescheduled", "in_progress", "completed", "cancelled", "no_show"}),
     "in_progress": frozenset({"completed"}),
 }
 STATUSES = ("confirmed", "rescheduled", "in_progress", "completed", "cancelled", "no_show")
@@ -42,8 +43,9 @@ def split_stream_id(stream: str) -> tuple[str, str]:
     return body[:-11], body[-10:]
 
 
-def normalise_phone(phone: str) -> str:
-    return re.sub(r"[\s\-().]", "", phone).casefold()
+def normalise_phone(phone: str, region: str | None = None) -> str:
+    """The phone as the duplicate rule compares it (E.164 where it parses; see domain.patients)."""
+    return phone_key(phone, region)
 
 
 def is_active(appointment: Appointment | dict[str, Any]) -> bool:
@@ -73,6 +75,7 @@ class WindowDay:
     status: str | None = None  # this date's own OPEN/CLOSED, over the window's default
     max_slots: int | None = None  # this date's own capacity, over the window's
     last_token: int = 0
+    phone_region: str | None = None  # the org's, for comparing phones (a cached day is reloaded if it changes)
     appointments: dict[str, Appointment] = field(default_factory=dict)
     # Derived from the active appointments, so a decision never scans the day: who holds which
     # (phone, type), and how many hold each type.
@@ -112,14 +115,15 @@ class WindowDay:
 
     def _index(self, record: Appointment) -> None:
         if record.active:
-            key = (normalise_phone(record.parent_phone), record.appointment_type)
+            key = (normalise_phone(record.parent_phone, self.phone_region), record.appointment_type)
             self._holders.setdefault(key, set()).add(record.appointment_id)
             self._active[record.appointment_type] = self._active.get(record.appointment_type, 0) + 1
 
     def _unindex(self, record: Appointment | None) -> None:
         if record is None or not record.active:
             return
-        holders = self._holders.get((normalise_phone(record.parent_phone), record.appointment_type))
+        holders = self._holders.get((normalise_phone(record.parent_phone, self.phone_region),
+                                     record.appointment_type))
         if holders is not None and record.appointment_id in holders:
             holders.discard(record.appointment_id)
             self._active[record.appointment_type] -= 1
@@ -144,7 +148,7 @@ class WindowDay:
         return {service: n for service, n in self._active.items() if n}
 
     def duplicate_of(self, phone: str, service_id: str, excluding: str | None = None) -> str | None:
-        holders = self._holders.get((normalise_phone(phone), service_id), ())
+        holders = self._holders.get((normalise_phone(phone, self.phone_region), service_id), ())
         return next((a for a in sorted(holders) if a != excluding), None)
 
 
@@ -198,6 +202,11 @@ def _check_bookable(catalog: Catalog, day: WindowDay, placement: Placement, phon
                                                         "max_slots": capacity})
 
 
+def _doctor_name(doctor, given: str | None) -> str | None:
+    """A doctor named by id reads as its name; a name is kept as given."""
+    return doctor.name if doctor is not None and given == doctor.doctor_id else given
+
+
 def _next_token(catalog: Catalog, day: WindowDay) -> int | None:
     return day.last_token + 1 if catalog.settings.token_numbering else None
 
@@ -208,6 +217,7 @@ def book(catalog: Catalog, day: WindowDay, placement: Placement, request: dict[s
     _check_bookable(catalog, day, placement, request["parent_phone"], duplicate_of)
     stamp = iso_utc(now)
     window = placement.window
+    doctor = catalog.resolve_doctor(request.get("assigned_doctor"))
     record = Appointment(
         appointment_id=appointment_id,
         appointment_type=placement.service.service_id,
@@ -219,7 +229,7 @@ def book(catalog: Catalog, day: WindowDay, placement: Placement, request: dict[s
         token=_next_token(catalog, day),
         patient_name=request["patient_name"],
         parent_phone=request["parent_phone"],
-        assigned_doctor=request.get("assigned_doctor"),
+        assigned_doctor=_doctor_name(doctor, request.get("assigned_doctor")),
         status="confirmed",
         external_reference_id=request.get("external_reference_id"),
         appointment_date=iso_utc(placement.start),
@@ -236,15 +246,22 @@ def book(catalog: Catalog, day: WindowDay, placement: Placement, request: dict[s
         created_at=stamp,
         updated_at=stamp,
         version=1,
+        doctor_id=doctor.doctor_id if doctor else None,
+        patient_id=patients.patient_id(catalog.org_id, request["parent_phone"], request["patient_name"],
+                                       catalog.settings.phone_region),
     )
-    return [ev.AppointmentBooked(appointment=record.as_dict())]
+    return [ev.AppointmentBooked(appointment=record.as_dict(),
+                                 phone_e164=phone_key(record.parent_phone, catalog.settings.phone_region))]
 
 
 # -- PATCH: update, reschedule, cancel, complete -----------------------------------------------------------
 
-def check_update(catalog: Catalog, appointment: Appointment, patch: dict[str, Any], now: datetime) -> bool:
+def check_update(catalog: Catalog, appointment: Appointment, patch: dict[str, Any], now: datetime,
+                 strict: bool = False) -> bool:
     """Transition and policy checks that need no target window-day. Returns False when the request leaves the
-    record as it is (the same terminal status again)."""
+    record as it is (the same terminal status again). A status given with a new appointment_date is checked
+    as if it came alone, against the appointment as it is. `strict`: a cancellation needs a reason and a
+    completion a diagnosis whatever the org's settings (SaludYa's rules)."""
     if not any(name in patch for name in PATCH_FIELDS):
         raise DomainError("VALIDATION_ERROR", "no valid field to update",
                           {"body": "give at least one of " + ", ".join(PATCH_FIELDS)})
@@ -253,8 +270,8 @@ def check_update(catalog: Catalog, appointment: Appointment, patch: dict[str, An
     if current in TERMINAL:
         if wanted == current:
             return False
-        raise DomainError("INVALID_STATE_TRANSITION", f"Cannot update a {current} appointment",
-                          {"status": current, "requested": wanted or "update"})
+        raise DomainError("INVALID_STATE_TRANSITION", f"Cannot update a {current} appointment. Contact support if "
+                          "you need to make changes.", {"status": current, "requested": wanted or "update"})
     if wanted is not None and wanted != current:
         if wanted not in TRANSITIONS[current]:
             raise DomainError("INVALID_STATE_TRANSITION", f"Cannot change status from '{current}' to '{wanted}'",
@@ -266,8 +283,6 @@ def check_update(catalog: Catalog, appointment: Appointment, patch: dict[str, An
         if current == "in_progress":
             raise DomainError("INVALID_STATE_TRANSITION", "Cannot reschedule an appointment in progress",
                               {"from": current, "to": "rescheduled"})
-        if wanted not in (None, "confirmed", "rescheduled"):
-            raise validation("status", f"cannot reschedule and set status '{wanted}' in one request")
         if not catalog.settings.allow_reschedule:
             raise DomainError("RESCHEDULE_NOT_ALLOWED", "rescheduling is disabled for this organization")
     if wanted == "cancelled":
@@ -279,9 +294,10 @@ def check_update(catalog: Catalog, appointment: Appointment, patch: dict[str, An
             raise DomainError("CANCELLATION_NOTICE_TOO_SHORT", f"appointments can be cancelled at most {notice:g} "
                               "hours before they start", {"cancellation_notice_hours": notice,
                                                           "appointment_date": appointment.appointment_date})
-        if catalog.settings.require_cancellation_reason and not patch.get("cancellation_reason"):
-            raise validation("cancellation_reason", "is required to cancel an appointment")
-    if wanted == "completed" and catalog.settings.require_diagnosis_on_complete and not (
+        if (strict or catalog.settings.require_cancellation_reason) and not patch.get("cancellation_reason"):
+            raise DomainError("VALIDATION_ERROR", "Invalid request data",
+                              {"cancellation_reason": "is required when status is set to cancelled"})
+    if wanted == "completed" and (strict or catalog.settings.require_diagnosis_on_complete) and not (
             patch.get("diagnosis") or appointment.diagnosis):
         raise DomainError("VALIDATION_ERROR", "Invalid request data",
                           {"diagnosis": "Cannot change status to 'completed' without providing diagnosis"})
@@ -294,10 +310,11 @@ def saludya_status(status: str) -> str:
 
 def from_saludya_status(current: str, wanted: str) -> str | None:
     """The status a SaludYa request asks for, in our words; None when it asks for what the appointment already
-    is (`scheduled`, to SaludYa, is confirmed or rescheduled). Nothing else can go back to `scheduled`."""
+    is (a rescheduled appointment is `scheduled` to SaludYa). Nothing can go (back) to `scheduled`; a scheduled
+    appointment can become confirmed."""
     if wanted != "scheduled":
         return wanted
-    if current in ("confirmed", "rescheduled"):
+    if current == "rescheduled":
         return None
     raise DomainError("INVALID_STATE_TRANSITION", f"Cannot change status from '{saludya_status(current)}' to "
                       "'scheduled'", {"from": saludya_status(current), "to": "scheduled"})
@@ -332,7 +349,7 @@ def update(catalog: Catalog, source: WindowDay, appointment_id: str, patch: dict
             appointment_date=iso_utc(placement.start), session=patch.get("session") or window.session,
             batch=patch.get("batch") or window.batch,
             token=appointment.token if same_day else _next_token(catalog, target),
-            status=patch.get("status") or "rescheduled")
+            status="confirmed" if patch.get("status") == "confirmed" else "rescheduled")
         previous = {k: getattr(appointment, k) for k in ("window_id", "date", "appointment_date", "session",
                                                          "batch", "token", "status")}
         if not same_day:
@@ -345,11 +362,16 @@ def update(catalog: Catalog, source: WindowDay, appointment_id: str, patch: dict
     details = {name: patch[name] for name in DETAIL_FIELDS
                if name in patch and not (placement is not None and name in ("session", "batch"))
                and patch[name] != getattr(appointment, name)}
+    if "assigned_doctor" in details:
+        doctor = catalog.resolve_doctor(details["assigned_doctor"])
+        details["assigned_doctor"] = _doctor_name(doctor, details["assigned_doctor"])
+        if (doctor.doctor_id if doctor else None) != appointment.doctor_id:
+            details["doctor_id"] = doctor.doctor_id if doctor else None
     if details:
         home_events.append(ev.AppointmentDetailsChanged(appointment_id=appointment_id, changes=details,
                                                         updated_at=stamp))
     wanted = patch.get("status")
-    if placement is None and wanted is not None and wanted != appointment.status:
+    if wanted is not None and wanted != appointment.status:  # after a move too: the given status wins
         changes: dict[str, Any] = {}
         if wanted == "cancelled":
             changes = {"cancelled_at": stamp, "cancellation_reason": patch.get("cancellation_reason")}

@@ -4,16 +4,16 @@ from __future__ import annotations
 import datetime as dt
 
 from domain import events as ev
-from domain.windowday import normalise_phone
+from domain.patients import patient_id, phone_key
 from projections.base import Write
 
 TABLE = "rm_appointments"
 
 _PUT = f"""
 INSERT INTO {TABLE} (appointment_id, org_id, date, branch_id, window_id, status, phone, assigned_doctor,
-                     appointment_type, external_reference_id, record)
+                     appointment_type, external_reference_id, record, patient_id)
 SELECT * FROM unnest($1::text[], $2::uuid[], $3::date[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::text[], $9::text[], $10::text[], $11::jsonb[])
+                     $8::text[], $9::text[], $10::text[], $11::jsonb[], $12::text[])
 WHERE {{guard}}
 ON CONFLICT (appointment_id) DO UPDATE SET date = EXCLUDED.date, branch_id = EXCLUDED.branch_id,
     window_id = EXCLUDED.window_id, status = EXCLUDED.status, assigned_doctor = EXCLUDED.assigned_doctor,
@@ -31,18 +31,31 @@ WHERE a.appointment_id = n.appointment_id AND {{guard}}
 """
 
 
+PATIENTS = "rm_patients"
+_PATIENT = (f"INSERT INTO {PATIENTS} SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[])"
+            " WHERE {guard} ON CONFLICT (patient_id) DO NOTHING")
+
+
 class AppointmentsProjector:
     name = "appointments"
-    tables = (TABLE,)
+    tables = (TABLE, PATIENTS)
 
     def writes(self, event: ev.Event, org_id) -> list[Write]:
         match event:
             case ev.AppointmentBooked() | ev.AppointmentRescheduled():
                 r = event.appointment
-                return [Write(TABLE, _PUT, (
+                # Bookings from before patients had ids get them here, on rebuild (phones as sent then).
+                phone = getattr(event, "phone_e164", None) or phone_key(r["parent_phone"])
+                patient = r.get("patient_id") or patient_id(str(org_id), r["parent_phone"], r["patient_name"])
+                r = {**r, "patient_id": patient, "doctor_id": r.get("doctor_id")}
+                out = [Write(TABLE, _PUT, (
                     r["appointment_id"], org_id, dt.date.fromisoformat(r["date"]), r["branch_id"], r["window_id"],
-                    r["status"], normalise_phone(r["parent_phone"]), r["assigned_doctor"], r["appointment_type"],
-                    r["external_reference_id"], r), (r["appointment_id"],))]
+                    r["status"], phone, r["assigned_doctor"], r["appointment_type"], r["external_reference_id"], r,
+                    patient), (r["appointment_id"],))]
+                if isinstance(event, ev.AppointmentBooked):
+                    out.append(Write(PATIENTS, _PATIENT, (patient, org_id, phone, r["patient_name"],
+                                                          r["parent_phone"]), (patient,)))
+                return out
             case ev.AppointmentDetailsChanged():
                 return [_merge(event.appointment_id, {**event.changes, "updated_at": event.updated_at})]
             case ev.AppointmentStatusChanged():

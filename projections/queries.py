@@ -52,7 +52,9 @@ async def search(conn: asyncpg.Connection, org_id: str, filters: dict[str, Any],
         if filters.get(name):
             add(f"{name} = ?", filters[name])
     if filters.get("parent_phone"):
-        add("phone = ?", wd.normalise_phone(filters["parent_phone"]))
+        add("phone = ?", wd.normalise_phone(filters["parent_phone"], filters.get("phone_region")))
+    if filters.get("patient_id"):
+        add("patient_id = ?", filters["patient_id"])
     if cursor:
         after_date, after_id = decode_cursor(cursor)
         args.extend([after_date, after_id])

@@ -43,7 +43,7 @@ def rows(record: Appointment, org_id, catalog: Catalog) -> dict[str, tuple | Non
     return {
         "appointment_streams": (appointment_id, org_id, stream_id(record.window_id, record.date)),
         "booking_refs": (appointment_id, org_id, ref) if active and ref else None,
-        "booking_keys": (appointment_id, org_id, normalise_phone(record.parent_phone),
+        "booking_keys": (appointment_id, org_id, normalise_phone(record.parent_phone, catalog.settings.phone_region),
                          record.appointment_type, dt.date.fromisoformat(record.date))
         if active and catalog.settings.prevent_duplicate_bookings else None,
         "doctor_bookings": None if time is None else (appointment_id, org_id, time.doctor, time.start, time.end),

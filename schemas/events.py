@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.http import AppointmentRecord, GeneralSettings, Session, SettingsPatch, Status, UpdateWindow, WindowOut
+from schemas.http import AppointmentRecord, GeneralSettings, Session, SettingsPatch, Status, UpdateDoctor, UpdateWindow, \
+    WindowOut
 
 
 class Payload(BaseModel):
@@ -48,6 +49,18 @@ class WindowDisabled(Payload):
     window_id: str
 
 
+class DoctorRegistered(Payload):
+    doctor_id: str
+    name: str
+    specialty: str | None
+    branch_ids: list[str]
+
+
+class DoctorChanged(Payload):
+    doctor_id: str
+    changes: UpdateDoctor
+
+
 class WindowDayAdjusted(Payload):
     """One date of a window closed, reopened, or given its own capacity."""
     window_id: str
@@ -58,6 +71,7 @@ class WindowDayAdjusted(Payload):
 
 class AppointmentBooked(Payload):
     appointment: AppointmentRecord
+    phone_e164: str | None = Field(default=None, description="The phone as compared (E.164), at booking time")
 
 
 class PreviousPlace(Payload):
@@ -85,6 +99,7 @@ class AppointmentMovedOut(Payload):
 
 class DetailChanges(Payload):
     assigned_doctor: str | None = None
+    doctor_id: str | None = None
     notes: str | None = None
     reason: str | None = None
     session: Session | None = None
@@ -128,6 +143,8 @@ EVENT_PAYLOADS: dict[str, dict[int, type[Payload]]] = {
     "org.created": {1: OrgCreated},
     "org.settings_changed": {1: OrgSettingsChanged},
     "service.added": {1: ServiceAdded},
+    "doctor.registered": {1: DoctorRegistered},
+    "doctor.changed": {1: DoctorChanged},
     "branch.added": {1: BranchAdded},
     "window.created": {1: WindowCreated},
     "window.changed": {1: WindowChanged},

@@ -82,6 +82,8 @@ class AppointmentRecord(BaseModel):
     created_at: str
     updated_at: str
     version: int
+    doctor_id: str | None = Field(default=None, description="doc_…, when assigned_doctor names a registered doctor")
+    patient_id: str | None = Field(default=None, description="pat_…: one org, phone (E.164) and patient name")
 
 
 class Appointment(AppointmentRecord):
@@ -101,21 +103,24 @@ class GeneralSettings(BaseModel):
     token_numbering: bool
     require_cancellation_reason: bool
     require_diagnosis_on_complete: bool
+    phone_region: str | None = None
 
 
 class SettingsPatch(Strict):
     enabled: bool | None = None
     timezone: str | None = None
-    buffer_time_minutes: int | None = Field(default=None, ge=0)
-    max_advance_booking_days: int | None = Field(default=None, ge=0)
-    min_notice_hours: float | None = Field(default=None, ge=0)
+    buffer_time_minutes: int | None = Field(default=None, ge=0, le=1440)
+    max_advance_booking_days: int | None = Field(default=None, ge=1, le=3650)
+    min_notice_hours: float | None = Field(default=None, ge=0, le=8760, allow_inf_nan=False)
     allow_reschedule: bool | None = None
     allow_cancellation: bool | None = None
-    cancellation_notice_hours: float | None = Field(default=None, ge=0)
+    cancellation_notice_hours: float | None = Field(default=None, ge=0, le=8760, allow_inf_nan=False)
     prevent_duplicate_bookings: bool | None = None
     token_numbering: bool | None = None
     require_cancellation_reason: bool | None = None
     require_diagnosis_on_complete: bool | None = None
+    phone_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$",
+                                     description="ISO 3166-1 alpha-2: how national phone numbers are read")
 
 
 class CreateService(Strict):
@@ -127,6 +132,41 @@ class ServiceOut(BaseModel):
     service_id: str
     name: str
     duration_minutes: int
+
+
+class CreateDoctor(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    specialty: str | None = Field(default=None, max_length=200)
+    branch_ids: list[str] = Field(default_factory=list, max_length=100)
+
+
+class UpdateDoctor(Strict):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    specialty: str | None = Field(default=None, max_length=200)
+    branch_ids: list[str] | None = Field(default=None, max_length=100)
+
+
+class DoctorOut(BaseModel):
+    doctor_id: str
+    name: str
+    specialty: str | None
+    branch_ids: list[str]
+
+
+class PatientOut(BaseModel):
+    patient_id: str
+    phone: str = Field(description="E.164 where it parses")
+    patient_name: str
+    parent_phone: str = Field(description="As first sent")
+
+
+class PatientQuery(Strict):
+    phone: str = Field(min_length=1, max_length=40)
+
+
+class PatientAppointmentsQuery(Strict):
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: str | None = None
 
 
 class CreateBranch(Strict):

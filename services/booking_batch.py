@@ -85,7 +85,7 @@ class BookingBatcher:
 
     async def _decide_and_commit(self, conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, version: int,
                                  placement: wd.Placement, batch: list[_Create]) -> list[Any]:
-        day = await self.uow.day(placement.stream_id, conn)
+        day = await self.uow.day(placement.stream_id, conn, catalog)
         expected = day.version
         now = self.clock()
         answers: list[Any] = [None] * len(batch)
@@ -137,7 +137,8 @@ async def _settle_refusals(conn: asyncpg.Connection, org_id: str, catalog: cat.C
     DUPLICATE_BOOKING (rule 9 comes before rule 10). One query for the whole batch."""
     if not refused:
         return
-    keys = [(wd.normalise_phone(batch[i].request["parent_phone"]), batch[i].placement.service.service_id)
+    keys = [(wd.normalise_phone(batch[i].request["parent_phone"], catalog.settings.phone_region),
+             batch[i].placement.service.service_id)
             for i, _ in refused]
     row = await conn.fetchrow(
         "SELECT (SELECT config_version FROM orgs WHERE org_id = $1) AS version, array(SELECT array[b.phone,"

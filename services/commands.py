@@ -8,8 +8,8 @@ from typing import Any, Awaitable, Callable
 from domain import catalog as cat
 from domain.errors import DomainError, validation
 from schemas import kafka as k
-from schemas.http import CreateAppointment, CreateBranch, CreateService, CreateWindow, SettingsPatch, \
-    UpdateAppointment, UpdateWindow, UpdateWindowDay
+from schemas.http import CreateAppointment, CreateBranch, CreateDoctor, CreateService, CreateWindow, SettingsPatch, \
+    UpdateAppointment, UpdateDoctor, UpdateWindow, UpdateWindowDay
 from services.handler import CommandHandler
 from services.outcome import Meta, Outcome
 
@@ -32,6 +32,24 @@ async def create_service(handler: CommandHandler, org_id: str, body: CreateServi
     return await handler.configure(org_id, f"service-{service_id}",
                                    lambda c: cat.add_service(c, service_id, body.name, body.duration_minutes), meta,
                                    lambda c: vars(c.services[service_id]), status=201)
+
+
+async def register_doctor(handler: CommandHandler, org_id: str, body: CreateDoctor, meta: Meta) -> Outcome:
+    doctor_id = cat.new_doctor_id()
+    return await handler.configure(org_id, f"doctor-{doctor_id}", lambda c: cat.register_doctor(
+        c, doctor_id, body.name, body.specialty, body.branch_ids), meta, lambda c: c.doctors[doctor_id].as_dict(),
+        status=201)
+
+
+async def change_doctor(handler: CommandHandler, org_id: str, doctor_id: str, body: UpdateDoctor,
+                        meta: Meta) -> Outcome:
+    changes = body.model_dump(exclude_unset=True)
+    if not changes:
+        raise DomainError("VALIDATION_ERROR", "no valid field to update", {"body": "give name, specialty or branch_ids"})
+    if changes.get("name", "") is None:
+        raise validation("name", "must not be null")
+    return await handler.configure(org_id, f"doctor-{doctor_id}", lambda c: cat.change_doctor(c, doctor_id, changes),
+                                   meta, lambda c: c.doctors[doctor_id].as_dict())
 
 
 async def create_branch(handler: CommandHandler, org_id: str, body: CreateBranch, meta: Meta) -> Outcome:
@@ -77,14 +95,14 @@ async def create_appointment(handler: CommandHandler, org_id: str, body: CreateA
 
 
 async def update_appointment(handler: CommandHandler, org_id: str, appointment_id: str, body: UpdateAppointment,
-                             meta: Meta) -> Outcome:
+                             meta: Meta, strict: bool = False) -> Outcome:
     patch = body.model_dump(exclude_unset=True)
     for name, value in patch.items():
         if value is None and name in ("appointment_date", "status"):
             raise validation(name, "must not be null")
     if isinstance(patch.get("follow_up_date"), dt.date):
         patch["follow_up_date"] = patch["follow_up_date"].isoformat()
-    return await handler.update_appointment(org_id, appointment_id, patch, meta)
+    return await handler.update_appointment(org_id, appointment_id, patch, meta, strict)
 
 
 async def _with_status(handler: CommandHandler, org_id: str, appointment_id: str, status: str,

@@ -122,10 +122,10 @@ class CommandHandler:
                     " FROM orgs o WHERE o.org_id = $1", uuid.UUID(org_id), ref)
                 if row is None:
                     raise not_found("organization", org_id)
-                if row["by_ref"]:
-                    existing = await self._current(conn, org_id, row["by_ref"])
-                    return written(200, existing.as_dict(), None, idempotent=True)
                 catalog = await self.uow.catalog_at(org_id, row["config_version"], conn)
+                if row["by_ref"]:
+                    existing = await self._current(conn, catalog, org_id, row["by_ref"])
+                    return written(200, existing.as_dict(), None, idempotent=True)
                 placement = decisions.plan_create(catalog, request, self.clock())
                 async with self.uow.lock(placement.stream_id):
                     return await self._book(conn, org_id, catalog, row["config_version"], placement, request, meta)
@@ -138,10 +138,10 @@ class CommandHandler:
         row = await conn.fetchrow(
             "SELECT (SELECT appointment_id FROM booking_keys WHERE org_id = $1 AND phone = $2 AND service_id = $3"
             " AND local_date = $4) AS duplicate, (SELECT version FROM streams WHERE stream_id = $5) AS version",
-            uuid.UUID(org_id), wd.normalise_phone(request["parent_phone"]), placement.service.service_id,
-            placement.local_date, placement.stream_id)
+            uuid.UUID(org_id), wd.normalise_phone(request["parent_phone"], catalog.settings.phone_region),
+            placement.service.service_id, placement.local_date, placement.stream_id)
         duplicate = row["duplicate"] if catalog.settings.prevent_duplicate_bookings else None
-        day = await self.uow.day(placement.stream_id, conn, row["version"] or 0)
+        day = await self.uow.day(placement.stream_id, conn, catalog, row["version"] or 0)
         now = self.clock()
         events = decisions.decide_create(catalog, day, placement, request, new_appointment_id(), now, duplicate)
         record = Appointment.from_dict(events[0].appointment)
@@ -167,10 +167,11 @@ class CommandHandler:
             raise not_found("appointment", appointment_id)
         return row["stream_id"], row["version"]
 
-    async def _current(self, conn: asyncpg.Connection, org_id: str, appointment_id: str) -> Appointment:
+    async def _current(self, conn: asyncpg.Connection, catalog: cat.Catalog, org_id: str,
+                       appointment_id: str) -> Appointment:
         """The write side's current record of an appointment."""
         stream, version = await self.locate(org_id, appointment_id, conn)
-        day = await self.uow.day(stream, conn, version)
+        day = await self.uow.day(stream, conn, catalog, version)
         if appointment_id not in day.appointments:  # moved on since the two reads
             raise Conflict
         return day.appointments[appointment_id]
@@ -178,13 +179,13 @@ class CommandHandler:
     async def get_appointment(self, org_id: str, appointment_id: str) -> Appointment:
         async def attempt() -> Appointment:
             async with self.pool.acquire() as conn:
-                return await self._current(conn, org_id, appointment_id)
+                return await self._current(conn, (await self.uow.catalog(org_id, conn))[1], org_id, appointment_id)
 
         return await self.uow.retrying(attempt)
 
     async def update_appointment(self, org_id: str, appointment_id: str, patch: dict[str, Any],
-                                 meta: Meta) -> Outcome:
-        """PATCH /v1/appointments/{id}: update, reschedule, cancel, complete."""
+                                 meta: Meta, strict: bool = False) -> Outcome:
+        """PATCH /v1/appointments/{id}: update, reschedule, cancel, complete. `strict`: SaludYa's rules."""
 
         async def attempt() -> Outcome:
             async with self.pool.acquire() as conn:
@@ -192,27 +193,28 @@ class CommandHandler:
                 source_stream, _ = await self.locate(org_id, appointment_id, conn)
                 target_stream = None
                 if "appointment_date" in patch:
-                    appointment = await self._current(conn, org_id, appointment_id)
-                    target_stream = decisions.plan_update(catalog, appointment, patch, self.clock()).stream_id
+                    appointment = await self._current(conn, catalog, org_id, appointment_id)
+                    target_stream = decisions.plan_update(catalog, appointment, patch, self.clock(),
+                                                          strict).stream_id
                 async with self.uow.locks([s for s in (source_stream, target_stream) if s]):
                     return await self._update(conn, org_id, catalog, version, source_stream, target_stream,
-                                              appointment_id, patch, meta)
+                                              appointment_id, patch, meta, strict)
 
         return await self.uow.retrying(attempt)
 
     async def _update(self, conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, version: int,
                       source_stream: str, target_stream: str | None, appointment_id: str, patch: dict[str, Any],
-                      meta: Meta) -> Outcome:
+                      meta: Meta, strict: bool) -> Outcome:
         # Under the locks, plan again: another command may have moved the appointment or changed the day.
         stream, stream_version = await self.locate(org_id, appointment_id, conn)
         if stream != source_stream:
             raise Conflict
-        source = await self.uow.day(source_stream, conn, stream_version)
+        source = await self.uow.day(source_stream, conn, catalog, stream_version)
         if appointment_id not in source.appointments:
             raise Conflict
         before = source.appointments[appointment_id]
         now = self.clock()
-        plan = decisions.plan_update(catalog, before, patch, now)
+        plan = decisions.plan_update(catalog, before, patch, now, strict)
         if plan.unchanged:
             return written(200, before.as_dict(), None)
         if plan.stream_id != target_stream:
@@ -223,11 +225,12 @@ class CommandHandler:
                 "SELECT (SELECT appointment_id FROM booking_keys WHERE org_id = $1 AND phone = $2 AND service_id = $3"
                 " AND local_date = $4 AND appointment_id <> $5) AS duplicate,"
                 " (SELECT version FROM streams WHERE stream_id = $6) AS version", uuid.UUID(org_id),
-                wd.normalise_phone(before.parent_phone), before.appointment_type, plan.placement.local_date,
+                wd.normalise_phone(before.parent_phone, catalog.settings.phone_region), before.appointment_type,
+                plan.placement.local_date,
                 appointment_id, plan.placement.stream_id)
             duplicate = row["duplicate"]
             target = source if plan.placement.stream_id == source_stream else await self.uow.day(
-                plan.placement.stream_id, conn, row["version"] or 0)
+                plan.placement.stream_id, conn, catalog, row["version"] or 0)
         by_stream = decisions.decide_update(catalog, source, appointment_id, patch, now, target, plan.placement,
                                             duplicate)
         if not by_stream:
@@ -267,7 +270,7 @@ class CommandHandler:
         for window in catalog.windows.values():
             if window.branch_id == branch_id and window.occurs_on(local_date):
                 stream = wd.stream_id(window.window_id, local_date)
-                days[stream] = await self.uow.day(stream, conn)
+                days[stream] = await self.uow.day(stream, conn, catalog)
         raise doctors.conflict(clash, doctors.suggest_times(catalog, service_id, branch_id, wanted, busy, days,
                                                             self.clock()))
 
@@ -284,7 +287,7 @@ class CommandHandler:
                     raise DomainError("VALIDATION_ERROR", f"the window runs on {window.day_of_week}s, not on {date}",
                                       {"date": f"not a {window.day_of_week}"})
                 async with self.uow.lock(stream):
-                    day = await self.uow.fresh_day(stream, conn)
+                    day = await self.uow.fresh_day(stream, conn, catalog)
                     events = wd.adjust_day(day, status, max_slots)
                     if not events:
                         return Outcome(200, day_view(window, day))

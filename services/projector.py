@@ -122,5 +122,5 @@ async def rebuild(pool: asyncpg.Pool, store: EventStore, names: list[str] | None
 
 async def rebuild_after_migrations(pool: asyncpg.Pool, store: EventStore, applied: list[str]) -> None:
     """A migration that made read models inline leaves rows the old projector may not have caught up on."""
-    if any(name.startswith("007_") for name in applied):
+    if any(name.startswith(("007_", "008_")) for name in applied):
         await rebuild(pool, store, [p.name for p in INLINE])

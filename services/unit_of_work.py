@@ -130,15 +130,18 @@ class UnitOfWork:
     def catalog_stream_version(self, org_id: str, stream_id: str) -> int:
         return self._catalogs[org_id][2].get(stream_id, 0)
 
-    async def day(self, stream_id: str, conn: asyncpg.Connection, version: int | None = None) -> wd.WindowDay:
+    async def day(self, stream_id: str, conn: asyncpg.Connection, catalog: cat.Catalog,
+                  version: int | None = None) -> wd.WindowDay:
         """The window-day as the log has it, cached. `version`: the stream's version as just read from the
         database; a cached day behind it (another process wrote since) is loaded afresh, so a refusal is never
-        decided on a stale day (an acceptance is checked by the append's expected version anyway)."""
+        decided on a stale day (an acceptance is checked by the append's expected version anyway). A day
+        indexed under another phone region than the org's now is loaded afresh too."""
+        region = catalog.settings.phone_region
         day = self._days.get(stream_id)
-        if day is not None and (version is None or day.version >= version):
+        if day is not None and (version is None or day.version >= version) and day.phone_region == region:
             self._days.move_to_end(stream_id)
             return day
-        day = wd.WindowDay(*wd.split_stream_id(stream_id))
+        day = wd.WindowDay(*wd.split_stream_id(stream_id), phone_region=region)
         for stored in await self.store.read_stream(stream_id, conn=conn):
             day.apply(ev.from_stored(stored.type, stored.data))
         self._days[stream_id] = day
@@ -146,9 +149,9 @@ class UnitOfWork:
             self._days.popitem(last=False)
         return day
 
-    async def fresh_day(self, stream_id: str, conn: asyncpg.Connection) -> wd.WindowDay:
+    async def fresh_day(self, stream_id: str, conn: asyncpg.Connection, catalog: cat.Catalog) -> wd.WindowDay:
         version = await conn.fetchval("SELECT version FROM streams WHERE stream_id = $1", stream_id)
-        return await self.day(stream_id, conn, version or 0)
+        return await self.day(stream_id, conn, catalog, version or 0)
 
     def evict(self, *stream_ids: str) -> None:
         for stream in stream_ids:

@@ -13,9 +13,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from pydantic import BaseModel, ValidationError
 
 from domain.errors import DomainError
+from schemas.http import CreateDoctor, DoctorOut, PatientAppointmentsQuery, PatientOut, PatientQuery, UpdateDoctor
 from schemas.saludya import SaludYaAppointment, SaludYaUpdate
 from services.gateway import handlers as h
-from services.gateway import saludya
+from services.gateway import registry, saludya
 from services.logs import log
 from services.gateway.backend import Backend
 
@@ -98,6 +99,22 @@ ROUTES: list[Route] = [
           response=h.Appointment),
     Route("GET", "/v1/appointments/{appointment_id}/history", ("appointments:read",), h.appointment_history,
           "The appointment's events, oldest first"),
+    Route("GET", "/v1/doctors", ("appointments:read",), registry.list_doctors, "List registered doctors",
+          response=list[DoctorOut]),
+    Route("POST", "/v1/doctors", ("settings:write",), registry.create_doctor, "Register a doctor", body=CreateDoctor,
+          response=DoctorOut),
+    Route("GET", "/v1/doctors/{doctor_id}", ("appointments:read",), registry.get_doctor, "One doctor",
+          response=DoctorOut),
+    Route("PATCH", "/v1/doctors/{doctor_id}", ("settings:write",), registry.update_doctor, "Change a doctor",
+          body=UpdateDoctor, response=DoctorOut),
+    Route("GET", "/v1/patients", ("appointments:read",), registry.find_patients,
+          "Patients by phone (E.164 comparison; a parent's phone may serve several children)", query=PatientQuery,
+          response=list[PatientOut]),
+    Route("GET", "/v1/patients/{patient_id}", ("appointments:read",), registry.get_patient, "One patient",
+          response=PatientOut),
+    Route("GET", "/v1/patients/{patient_id}/appointments", ("appointments:read",), registry.patient_appointments,
+          "A patient's appointments (cancelled ones too)", query=PatientAppointmentsQuery,
+          response=list[h.Appointment]),
     Route("PUT", "/api/appointments/{appointment_id}", ("appointments:write",), saludya.update_appointment,
           "SaludYa-compatible update (SaludYa request, response and error shapes)", body=SaludYaUpdate,
           response=SaludYaAppointment, style="saludya"),
@@ -138,10 +155,10 @@ def _endpoint(route: Route):
 
 
 async def _authorise(request: web.Request, backend: Backend, route: Route):
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer ") or not header[7:].strip():
+    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.casefold() != "bearer" or not token.strip():  # the scheme is case-insensitive (RFC 9110 §11.1)
         raise DomainError("UNAUTHORIZED", "Invalid or missing API key")
-    principal = await backend.keys.verify(header[7:].strip())
+    principal = await backend.keys.verify(token.strip())
     if principal is None:
         raise DomainError("UNAUTHORIZED", "Invalid or missing API key")
     if not principal.scopes.intersection(route.scopes):

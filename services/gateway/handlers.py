@@ -175,9 +175,11 @@ async def update_appointment(request, backend: Backend, principal: Principal, bo
 
 async def search_appointments(request, backend: Backend, principal: Principal, query: SearchQuery) -> web.Response:
     filters = query.model_dump(exclude={"limit", "cursor", "min_position"})
-    if query.appointment_type:
+    if query.appointment_type or query.parent_phone:
         catalog = await backend.handler.catalog(principal.org_id)
-        filters["appointment_type"] = catalog.resolve_service(query.appointment_type).service_id
+        filters["phone_region"] = catalog.settings.phone_region
+        if query.appointment_type:
+            filters["appointment_type"] = catalog.resolve_service(query.appointment_type).service_id
     async with backend.pool.acquire() as conn:
         items, next_cursor = await queries.search(conn, principal.org_id, filters, query.limit, query.cursor)
     return ok(items, next_cursor=next_cursor)

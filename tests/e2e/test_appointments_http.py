@@ -129,7 +129,7 @@ async def test_config_services_branches_windows(api):
         "enabled": True, "timezone": "UTC", "buffer_time_minutes": 15, "max_advance_booking_days": 30,
         "min_notice_hours": 2, "allow_reschedule": True, "allow_cancellation": True, "cancellation_notice_hours": 24,
         "prevent_duplicate_bookings": True, "token_numbering": False, "require_cancellation_reason": False,
-        "require_diagnosis_on_complete": False}
+        "require_diagnosis_on_complete": False, "phone_region": None}
     status, b = await api.patch("/v1/appointment-config", {"timezone": "Mars/Olympus"})
     assert (status, b["error"]["code"]) == (400, "VALIDATION_ERROR")
     status, services = await api.get("/v1/services")
@@ -289,6 +289,13 @@ ROUTES = [
     ("PATCH", "/v1/appointments/{appt}", {"notes": "n"}, "appointments:write"),
     ("GET", "/v1/appointments/{appt}/history", None, "appointments:read"),
     ("PUT", "/api/appointments/{appt}", {"notes": "n"}, "appointments:write"),
+    ("GET", "/v1/doctors", None, "appointments:read"),
+    ("POST", "/v1/doctors", {"name": "Dr. Scope"}, "settings:write"),
+    ("GET", "/v1/doctors/{doctor}", None, "appointments:read"),
+    ("PATCH", "/v1/doctors/{doctor}", {"specialty": "x"}, "settings:write"),
+    ("GET", "/v1/patients?phone=%2B919840000001", None, "appointments:read"),
+    ("GET", "/v1/patients/{patient}", None, "appointments:read"),
+    ("GET", "/v1/patients/{patient}/appointments", None, "appointments:read"),
 ]
 # SaludYa's route answers in SaludYa's codes.
 SALUDYA = {"INSUFFICIENT_SCOPE": "FORBIDDEN", "NOT_FOUND": "RESOURCE_NOT_FOUND"}
@@ -297,13 +304,15 @@ SALUDYA = {"INSUFFICIENT_SCOPE": "FORBIDDEN", "NOT_FOUND": "RESOURCE_NOT_FOUND"}
 def test_the_route_list_above_covers_every_route_of_the_gateway():
     from services.gateway.app import ROUTES as SERVED
     assert {(r.method, r.path.replace("{window_id}", "{window}").replace("{appointment_id}", "{appt}")
-             .replace("{date}", "{date}")) for r in SERVED} == {(m, p.split("?")[0]) for m, p, _, _ in ROUTES}
+             .replace("{doctor_id}", "{doctor}").replace("{patient_id}", "{patient}")) for r in SERVED} == {(m, p.split("?")[0]) for m, p, _, _ in ROUTES}
 
 
 async def test_every_route_checks_key_scope_and_tenant(runtime, http, api):
     status, a = await api.post("/v1/appointments", body(api))
     window = api.ids["windows"][(_weekday(api, 3), "Morning")]
-    ids = {"window": window, "date": local_date(api, 3), "appt": a["appointment_id"]}
+    s, doctor = await api.post("/v1/doctors", {"name": "Dr. Tenant", "specialty": "General"})
+    ids = {"window": window, "date": local_date(api, 3), "appt": a["appointment_id"],
+           "doctor": doctor["data"]["doctor_id"], "patient": a["data"]["patient_id"]}
     other = await new_org(runtime, http, name="Other clinic")
     from services.keys import SCOPES
     for method, path, payload, scope in ROUTES:
@@ -323,6 +332,8 @@ async def test_every_route_checks_key_scope_and_tenant(runtime, http, api):
             status, b = await other.call(method, url, json=json)
             assert (status, b["error"]["code"]) == (404, code("NOT_FOUND")), (method, path, b)
             assert ids["appt"] not in str(b["error"]) or "not found" in b["error"]["message"]
+    status, b = await api.call("GET", "/v1/services", key=None, headers={"Authorization": f"bEaReR {api.key}"})
+    assert status == 200, b  # the scheme is case-insensitive (RFC 9110)
 
 
 async def test_rebuild_gives_the_same_read_models_as_the_live_projectors(runtime, api):

@@ -257,7 +257,7 @@ async def test_saludya_errors_in_saludya_shapes(runtime, clinic):
     s, b = await _put(api, other_id, {})
     assert (s, b["error"]["code"]) == (400, "VALIDATION_ERROR")
     s, b = await _put(api, other_id, {"time": "11:15", "date": local_date(api, DAYS)} | {"notes": "move"})
-    assert s == 200  # no doctor on this one: no conflict
+    assert s == 200, b  # no doctor on this one: no conflict
     s, b = await _put(api, other_id, {"status": "in_progress"})
     assert s == 200 and b["status"] == "in_progress"
     s, b = await _put(api, other_id, {"status": "cancelled"})
@@ -275,14 +275,25 @@ async def test_saludya_errors_in_saludya_shapes(runtime, clinic):
     # 11:45 is the last free quarter of the Morning window (it ends at 12:00); then the Evening window's.
     assert b["error"]["details"]["suggested_times"] == ["11:45", "17:00", "17:15"]
 
-    s, b = await _put(api, appointment_id, {"status": "completed"})
-    assert s == 200
+    s, b = await _put(api, appointment_id, {"status": "completed"})  # seed 003's 400, word for word
+    assert (s, b) == (400, {"error": {"code": "VALIDATION_ERROR", "message": "Invalid request data", "details": {
+        "status": "Cannot change status to 'completed' without providing diagnosis"}}})
+    s, b = await _put(api, appointment_id, {"status": "cancelled"})  # "required when status is set to cancelled"
+    assert (s, b["error"]["code"], list(b["error"]["details"])) == (400, "VALIDATION_ERROR", ["cancellation_reason"])
+    s, b = await _put(api, appointment_id, {"status": "completed", "diagnosis": "Control"})
+    assert s == 200 and b["status"] == "completed" and b["completed_at"].endswith("Z") and len(b["completed_at"]) == 20
     s, b = await _put(api, appointment_id, {"notes": "too late"})
-    assert (s, b["error"]["code"]) == (422, "INVALID_STATE_TRANSITION")
+    assert (s, b["error"]) == (422, {"code": "INVALID_STATE_TRANSITION", "message": "Cannot update a completed "
+                                     "appointment. Contact support if you need to make changes.",
+                                     "details": {"status": "completed", "requested": "update"}})
     s, b = await _put(api, appointment_id, {"status": "scheduled"})
     assert (s, b["error"]["code"]) == (422, "INVALID_STATE_TRANSITION")
+    s, b = await _put(api, "apt_7k3m9n2p4q", {"notes": "x"})
+    assert b["error"]["message"] == "Appointment with ID 'apt_7k3m9n2p4q' not found"
 
     s, b = await api.patch("/v1/appointment-config", {"require_diagnosis_on_complete": True})
     s, f = await _book(api, "09:15", "+585")
     s, b = await _put(api, f["appointment_id"], {"status": "completed"})
+    assert (s, b["error"]["code"]) == (400, "VALIDATION_ERROR") and "status" in b["error"]["details"]
+    s, b = await api.patch(f"/v1/appointments/{f['appointment_id']}", {"status": "completed"})  # /v1 names the field
     assert (s, b["error"]["code"]) == (400, "VALIDATION_ERROR") and "diagnosis" in b["error"]["details"]

@@ -57,6 +57,10 @@ def test_the_events_the_domain_writes_match_their_schemas():
             catalog.apply(e)
     written += cat.create_window(catalog, cat.Window("w-annex", "br-2", "monday", "Afternoon", "13:00", "15:00", 4,
                                                      "svc-c", None))
+    registered = cat.register_doctor(catalog, "doc_aaaaaaaaaa", "Dr. Carlos Ramírez", "Cardiología", ["br-2"])
+    written += registered
+    catalog.apply(registered[0])
+    written += cat.change_doctor(catalog, "doc_aaaaaaaaaa", {"specialty": "Cardiology", "branch_ids": ["br-1"]})
 
     def place(when: str) -> wd.Placement:
         svc = catalog.resolve_service("General Checkup")

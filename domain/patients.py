@@ -1,0 +1,45 @@
+"""Patients and phones (DESIGN §3, §10).
+
+A phone is compared in E.164 form, parsed with `phonenumbers`; a national number needs the org's
+`phone_region` (`09840000001` is `+919840000001` in IN). A patient is one (org, phone, name): a parent's phone
+may serve several children, each their own patient. Patient ids are derived from that identity, so the same
+patient gets the same id on every booking and on every rebuild, in any process, without a lookup.
+"""
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import re
+
+import phonenumbers
+
+_SEPARATORS = re.compile(r"[\s\-().]")
+
+
+@functools.lru_cache(maxsize=65536)  # parsing costs tens of microseconds; a day's phones repeat
+def phone_key(phone: str, region: str | None = None) -> str:
+    """The phone as compared: E.164 when it parses as a possible number, else its characters without
+    separators (an unparseable number still matches itself however it is spaced)."""
+    try:
+        number = phonenumbers.parse(phone, region)
+    except phonenumbers.NumberParseException:
+        number = None
+    if number is not None and phonenumbers.is_possible_number(number):
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return _SEPARATORS.sub("", phone).casefold()
+
+
+def name_key(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
+def patient_id(org_id: str, phone: str, name: str, region: str | None = None) -> str:
+    """`pat_` + 10 lowercase letters and digits, stable for one org, phone (E.164) and name (case and spaces
+    ignored)."""
+    digest = hashlib.sha256(f"{org_id}|{phone_key(phone, region)}|{name_key(name)}".encode()).digest()
+    return "pat_" + base64.b32encode(digest).decode()[:10].lower()
+
+
+def valid_region(region: str) -> bool:
+    return region in phonenumbers.SUPPORTED_REGIONS
