@@ -35,8 +35,9 @@ class World:
         self.n = 0
 
     def day(self, placement: wd.Placement) -> wd.WindowDay:
-        return self.days.setdefault(placement.stream_id, wd.WindowDay(placement.window.window_id,
-                                                                      placement.local_date.isoformat()))
+        return self.days.setdefault(placement.stream_id, wd.WindowDay(
+            placement.window.window_id, placement.local_date.isoformat(),
+            phone_region=self.catalog.settings.phone_region))
 
     def duplicate(self, phone: str, service_id: str, date: str, excluding=None) -> str | None:
         for day in self.days.values():
@@ -386,3 +387,59 @@ def test_no_sequence_overbooks_duplicates_or_reuses_a_token(ops, max_slots, dedu
             active = [(a.parent_phone, a.appointment_type, a.date)
                       for day in world.days.values() for a in day.appointments.values() if a.active]
             assert len(active) == len(set(active))
+
+
+# -- DESIGN §3 (statuses, phones) and §10 (patients, doctors) ----------------------------------------------
+
+def test_a_rescheduled_appointment_can_be_confirmed_and_the_same_status_is_a_no_op():
+    world = World(make_catalog(max_slots=10))
+    a = world.create(request("2026-03-03T09:30:00Z"))
+    assert world.patch(a["appointment_id"], {"status": "confirmed"})["version"] == 1  # nothing changed
+    moved = world.patch(a["appointment_id"], {"appointment_date": "2026-03-04T09:30:00Z"})
+    assert moved["status"] == "rescheduled"
+    assert world.patch(a["appointment_id"], {"status": "confirmed"})["status"] == "confirmed"
+
+
+@pytest.mark.parametrize("status", ["confirmed", "in_progress", "completed", "cancelled", "no_show"])
+def test_a_status_given_with_a_new_date_wins(status):
+    world = World(make_catalog(max_slots=10))
+    a = world.create(request("2026-03-04T09:30:00Z"))
+    after = world.patch(a["appointment_id"], {"appointment_date": "2026-03-05T17:30:00Z", "status": status})
+    assert (after["status"], after["date"]) == (status, "2026-03-05")
+
+
+def test_a_refused_status_with_a_new_date_moves_nothing():
+    world = World(make_catalog(max_slots=10, allow_cancellation=False))
+    a = world.create(request("2026-03-04T09:30:00Z"))
+    assert code_of(world.patch, a["appointment_id"], {"appointment_date": "2026-03-05T17:30:00Z",
+                                                      "status": "cancelled"}) == "CANCELLATION_NOT_ALLOWED"
+    assert world.days[world.where[a["appointment_id"]]].date == "2026-03-04"
+
+
+def test_phones_compare_in_e164_and_patients_are_one_phone_and_one_name():
+    from domain.patients import patient_id, phone_key
+    assert phone_key("+91 98400-00001") == phone_key("09840000001", "IN") == "+919840000001"
+    assert phone_key("09840000001") != "+919840000001"  # without a region, a national number is just digits
+    assert patient_id("org", "+919840000001", "Aadhi") == patient_id("org", "09840000001", " aadhi ", "IN")
+    assert patient_id("org", "+919840000001", "Aadhi") != patient_id("org", "+919840000001", "Meera")
+    assert patient_id("org", "+919840000001", "Aadhi") != patient_id("other", "+919840000001", "Aadhi")
+
+
+def test_the_duplicate_rule_reads_national_numbers_in_the_orgs_region():
+    world = World(make_catalog(max_slots=10, phone_region="IN"))
+    first = world.create(request("2026-03-03T09:30:00Z", phone="+919840000001"))
+    placement = decisions.plan_create(world.catalog, request("2026-03-03T09:45:00Z", phone="09840000001"), NOW)
+    day = world.day(placement)
+    assert day.duplicate_of("09840000001", placement.service.service_id) == first["appointment_id"]
+
+
+def test_a_doctor_named_in_any_case_or_by_id_is_linked():
+    c = make_catalog(max_slots=10)
+    for e in cat.register_doctor(c, "doc_aaaaaaaaaa", "Dr. Carlos Ramírez", "Cardiología", []):
+        c.apply(e)
+    world = World(c)
+    by_name = world.create(request("2026-03-03T09:30:00Z", assigned_doctor="dr.  CARLOS ramírez"))
+    by_id = world.create(request("2026-03-03T10:30:00Z", phone="+2", assigned_doctor="doc_aaaaaaaaaa"))
+    free = world.create(request("2026-03-03T10:30:00Z", phone="+3", assigned_doctor="Dr. Who"))
+    assert (by_name["doctor_id"], by_id["doctor_id"], free["doctor_id"]) == ("doc_aaaaaaaaaa",) * 2 + (None,)
+    assert by_id["assigned_doctor"] == "Dr. Carlos Ramírez"
