@@ -83,6 +83,18 @@ class DoctorChanged(Event):
     changes: dict[str, Any]
 
 
+# -- patient streams: patient-<pat_…> ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PatientRegistered(Event):
+    """The first booking of a patient (one org, phone in E.164, name); appended only if the stream is new."""
+    type = "patient.registered"
+    patient_id: str
+    phone_e164: str
+    patient_name: str
+    parent_phone: str
+
+
 # -- window-day streams: wd-<window_id>-<YYYY-MM-DD> --------------------------------------------------
 
 @dataclass(frozen=True)
@@ -151,7 +163,7 @@ class NotificationRequested(Event):
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls for cls in (
         OrgCreated, OrgSettingsChanged, ServiceAdded, BranchAdded, WindowCreated, WindowChanged, WindowDisabled,
-        DoctorRegistered, DoctorChanged,
+        DoctorRegistered, DoctorChanged, PatientRegistered,
         WindowDayAdjusted, AppointmentBooked, AppointmentRescheduled, AppointmentMovedOut,
         AppointmentDetailsChanged, AppointmentStatusChanged, NotificationRequested,
     )

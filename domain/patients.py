@@ -41,5 +41,18 @@ def patient_id(org_id: str, phone: str, name: str, region: str | None = None) ->
     return "pat_" + base64.b32encode(digest).decode()[:10].lower()
 
 
+def registration(booked) -> "PatientRegistered":
+    """The patient a booking names, as registered on their own stream the first time the log sees them."""
+    from domain.events import PatientRegistered
+
+    record = booked.appointment
+    return PatientRegistered(patient_id=record["patient_id"], phone_e164=booked.phone_e164,
+                             patient_name=record["patient_name"], parent_phone=record["parent_phone"])
+
+
+def stream_of(patient: str) -> str:
+    return f"patient-{patient}"
+
+
 def valid_region(region: str) -> bool:
     return region in phonenumbers.SUPPORTED_REGIONS

@@ -52,10 +52,14 @@ class AppointmentsProjector:
                     r["appointment_id"], org_id, dt.date.fromisoformat(r["date"]), r["branch_id"], r["window_id"],
                     r["status"], phone, r["assigned_doctor"], r["appointment_type"], r["external_reference_id"], r,
                     patient), (r["appointment_id"],))]
-                if isinstance(event, ev.AppointmentBooked):
+                if isinstance(event, ev.AppointmentBooked) and not event.appointment.get("patient_id"):
+                    # booked before patients were registered: the booking is the only record of them
                     out.append(Write(PATIENTS, _PATIENT, (patient, org_id, phone, r["patient_name"],
                                                           r["parent_phone"]), (patient,)))
                 return out
+            case ev.PatientRegistered():
+                return [Write(PATIENTS, _PATIENT, (event.patient_id, org_id, event.phone_e164, event.patient_name,
+                                                   event.parent_phone), (event.patient_id,))]
             case ev.AppointmentDetailsChanged():
                 return [_merge(event.appointment_id, {**event.changes, "updated_at": event.updated_at})]
             case ev.AppointmentStatusChanged():

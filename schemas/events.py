@@ -61,6 +61,14 @@ class DoctorChanged(Payload):
     changes: UpdateDoctor
 
 
+class PatientRegistered(Payload):
+    """A patient's first booking: one org, phone (E.164) and name. On the stream patient-<patient_id>."""
+    patient_id: str
+    phone_e164: str
+    patient_name: str
+    parent_phone: str = Field(description="As first sent")
+
+
 class WindowDayAdjusted(Payload):
     """One date of a window closed, reopened, or given its own capacity."""
     window_id: str
@@ -145,6 +153,7 @@ EVENT_PAYLOADS: dict[str, dict[int, type[Payload]]] = {
     "service.added": {1: ServiceAdded},
     "doctor.registered": {1: DoctorRegistered},
     "doctor.changed": {1: DoctorChanged},
+    "patient.registered": {1: PatientRegistered},
     "branch.added": {1: BranchAdded},
     "window.created": {1: WindowCreated},
     "window.changed": {1: WindowChanged},

@@ -21,6 +21,7 @@ import asyncpg
 
 from domain import catalog as cat
 from domain import events as ev
+from domain import patients
 from domain import windowday as wd
 from domain.appointment import Appointment
 from domain.errors import DomainError, not_found
@@ -57,6 +58,35 @@ class Work:
     touched: Sequence[tuple[Appointment | None, Appointment]] = ()
     results: Sequence[tuple[str, PendingResult]] = ()  # (stream id, result)
     writes: Sequence[Write] = ()  # write-side rows not about appointments (the orgs row)
+
+
+# A stream appended to only if it does not exist yet: its first event, and the stream's row. Either may already
+# be there (another booking of the patient, in this statement's snapshot or committing concurrently): then
+# neither is written, and nothing else of the commit depends on it.
+_FIRST_EVENT = ("INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata,"
+                " org_id) SELECT e.id, e.stream, 1, e.type, e.version, e.data, e.metadata, e.org FROM unnest("
+                "$1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::jsonb[], $6::jsonb[], $7::uuid[])"
+                " AS e(id, stream, type, version, data, metadata, org) WHERE {guard}"
+                " ON CONFLICT (stream_id, stream_version) DO NOTHING")
+_FIRST_STREAM = ("INSERT INTO streams (stream_id, version, org_id) SELECT s, 1, o FROM unnest($1::text[], $2::uuid[])"
+                 " AS t(s, o) WHERE {guard} ON CONFLICT DO NOTHING")
+
+
+def _first_sightings(org: uuid.UUID, work: "Work") -> list[Write]:
+    """Patients booked in this commit are registered on their own streams if the log has not seen them: the
+    registration's events and their read-model rows, written if absent, in the same statement."""
+    out: list[Write] = []
+    for change in work.changes:
+        for event, meta in zip(change.events, change.metas):
+            if not isinstance(event, ev.AppointmentBooked):
+                continue
+            registered = patients.registration(event)
+            stream = patients.stream_of(registered.patient_id)
+            out.append(Write("events", _FIRST_EVENT, (uuid.uuid4(), stream, registered.type, registered.version,
+                                                      registered.data(), meta.as_dict(), org), (stream,)))
+            out.append(Write("streams", _FIRST_STREAM, (stream, org), (stream,)))
+            out += [w for p in INLINE for w in p.writes(registered, org)]
+    return out
 
 
 _CONFIG_CURRENT = "EXISTS (SELECT 1 FROM orgs WHERE org_id = $1::uuid AND config_version = $2::bigint)"
@@ -166,6 +196,7 @@ class UnitOfWork:
                   for w in p.writes(event, org)]
         writes += [w for before, after in work.touched for w in write_side.writes(before, after, org, work.catalog)]
         writes += work.writes
+        writes += _first_sightings(org, work)
         statements = compile_writes(writes)
         appends = self._appends(org, work)
         streams = [change.stream_id for change in work.changes]

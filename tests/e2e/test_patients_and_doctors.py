@@ -39,6 +39,12 @@ async def test_a_parents_phone_serves_two_children_and_a_child_booked_twice_is_o
     # GET shows the same ids as the write answered
     status, got = await api.get(f"/v1/appointments/{meera['appointment_id']}")
     assert got["data"]["patient_id"] == meera["patient_id"]
+    # Each patient is registered once, on their own stream, however often booked.
+    async with runtime.pool.acquire() as conn:
+        registered = await conn.fetch("SELECT stream_id, stream_version, data->>'patient_name' AS name FROM events"
+                                      " WHERE event_type = 'patient.registered' ORDER BY name")
+    assert [(r["stream_id"], r["stream_version"], r["name"]) for r in registered] == [
+        (f"patient-{aadhi['patient_id']}", 1, "Aadhi"), (f"patient-{meera['patient_id']}", 1, "Meera")]
 
 
 async def test_a_national_number_is_a_duplicate_of_its_international_form_in_the_orgs_region(runtime, http):
@@ -135,3 +141,16 @@ async def test_saludyas_three_seed_examples_field_for_field(runtime, http):
     assert list(cancelled) == SEED_003_KEYS and STAMP.match(cancelled["cancelled_at"])
     assert (cancelled["status"], cancelled["cancellation_reason"], cancelled["doctor_id"], cancelled["specialty"]) == (
         "cancelled", "Paciente tuvo una emergencia familiar", None, "General Checkup")
+
+
+async def test_simultaneous_first_bookings_of_one_patient_register_them_once(runtime, http):
+    import asyncio
+
+    api = await setup_clinic(await new_org(runtime, http))
+    results = await asyncio.gather(*(api.post("/v1/appointments", create_body(
+        local_at(api, 2 + i, "09:30"), "+15550009999", name="Same Child")) for i in range(10)))
+    assert [s for s, _ in results] == [201] * 10
+    assert len({b["data"]["patient_id"] for _, b in results}) == 1
+    async with runtime.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM events WHERE event_type = 'patient.registered'") == 1
+        assert await conn.fetchval("SELECT count(*) FROM rm_patients") == 1

@@ -103,8 +103,9 @@ async def test_a_kafka_command_has_one_effect_and_its_result_is_stored_with_its_
     async with pool.acquire() as conn:
         result = await conn.fetchval("SELECT result FROM command_results WHERE command_id = $1",
                                      uuid.UUID(command_id))
-        events = await conn.fetch("SELECT global_position FROM events WHERE metadata->>'command_id' = $1",
-                                  command_id)
-    assert [e["global_position"] for e in events] == [outcome.position]
+        events = await conn.fetch("SELECT global_position, event_type FROM events WHERE metadata->>'command_id' = $1"
+                                  " ORDER BY global_position", command_id)
+    assert [e["global_position"] for e in events if e["event_type"] == "appointment.booked"] == [outcome.position]
+    assert sorted(e["event_type"] for e in events) == ["appointment.booked", "patient.registered"]
     assert result["position"] == result["data"]["position"] == outcome.position
     assert result["data"]["appointment_id"] == outcome.data["appointment_id"] and result["status"] == 201
