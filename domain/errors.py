@@ -8,6 +8,9 @@ STATUS_BY_CODE = {
     "PAST_APPOINTMENT": 400,
     "UNAUTHORIZED": 401,
     "INSUFFICIENT_SCOPE": 403,
+    "REQUEST_TIMEOUT": 408,
+    "RATE_LIMITED": 429,
+    "SERVICE_UNAVAILABLE": 503,
     "NOT_FOUND": 404,
     "BOOKING_DISABLED": 409,
     "SLOT_FULL": 409,
@@ -28,12 +31,13 @@ STATUS_BY_CODE = {
 
 class DomainError(Exception):
     def __init__(self, code: str, message: str, details: dict[str, Any] | None = None,
-                 extra: dict[str, Any] | None = None):
+                 extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.details = details or {}
         self.extra = extra or {}  # top-level fields of the error body, e.g. existing_appointment_id
+        self.headers = headers or {}  # e.g. Retry-After
 
     @property
     def status(self) -> int:

@@ -12,7 +12,12 @@ import functools
 import hashlib
 import re
 
+from typing import TYPE_CHECKING
+
 import phonenumbers
+
+if TYPE_CHECKING:
+    from domain.events import AppointmentBooked, PatientRegistered
 
 _SEPARATORS = re.compile(r"[\s\-().]")
 
@@ -41,7 +46,7 @@ def patient_id(org_id: str, phone: str, name: str, region: str | None = None) ->
     return "pat_" + base64.b32encode(digest).decode()[:10].lower()
 
 
-def registration(booked) -> "PatientRegistered":
+def registration(booked: "AppointmentBooked") -> "PatientRegistered":
     """The patient a booking names, as registered on their own stream the first time the log sees them."""
     from domain.events import PatientRegistered
 

@@ -11,6 +11,10 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 _HAS_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 
 
+YEARS = (2000, 2199)  # DESIGN §4: dates outside are refused (and stay far from datetime's own limits)
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
 def parse_instant(value: str, field: str = "appointment_date") -> datetime:
     """ISO 8601 with a time part; `Z` or an offset; no offset means UTC."""
     if not isinstance(value, str) or not _HAS_TIME.match(value):
@@ -19,6 +23,8 @@ def parse_instant(value: str, field: str = "appointment_date") -> datetime:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise validation(field, "is not a valid ISO 8601 datetime") from None
+    if not YEARS[0] <= parsed.year <= YEARS[1]:
+        raise validation(field, f"must be between years {YEARS[0]} and {YEARS[1]}")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.astimezone(timezone.utc)
@@ -47,10 +53,16 @@ def parse_hhmm(value: str, field: str) -> time:
 
 
 def parse_day(value: str, field: str = "date") -> date:
+    """YYYY-MM-DD only: Python's own parser also takes 20261202 and 2026-W48-3, which name other strings."""
     try:
-        return date.fromisoformat(value)
+        if not _DAY.match(value):
+            raise ValueError
+        day = date.fromisoformat(value)
     except (TypeError, ValueError):
         raise validation(field, "must be a date YYYY-MM-DD") from None
+    if not YEARS[0] <= day.year <= YEARS[1]:
+        raise validation(field, f"must be between years {YEARS[0]} and {YEARS[1]}")
+    return day
 
 
 def at_local(day: date, wall: time, tz: str) -> datetime:

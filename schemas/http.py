@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
 
 Session = Literal["Morning", "Afternoon", "Evening"]
 DayOfWeek = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
@@ -12,8 +14,40 @@ Status = Literal["confirmed", "rescheduled", "in_progress", "completed", "cancel
 _HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
 
 
+YEARS = (2000, 2199)  # DESIGN §4: dates and datetimes outside are refused
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+POSITION = Field(default=None, ge=0, le=2**63 - 1)
+
+
+def _day(value: Any) -> Any:
+    """YYYY-MM-DD and nothing else: no ISO basic (20261202) or week (2026-W48-3) forms, no timestamps."""
+    if isinstance(value, dt.date):
+        return value
+    if not isinstance(value, str) or not _DAY.match(value):
+        raise ValueError("must be a date YYYY-MM-DD")
+    day = dt.date.fromisoformat(value)
+    if not YEARS[0] <= day.year <= YEARS[1]:
+        raise ValueError(f"must be between years {YEARS[0]} and {YEARS[1]}")
+    return day
+
+
+Day = Annotated[dt.date, BeforeValidator(_day),
+                WithJsonSchema({"type": "string", "format": "date", "pattern": _DAY.pattern})]
+
+
 class Strict(BaseModel):
+    """Unknown fields are refused; `NOT_NULL` fields may be left out but not set to null."""
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    NOT_NULL: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in cls.NOT_NULL:
+                if name in data and data[name] is None:
+                    raise PydanticCustomError("not_null", "{field} must not be null", {"field": name})
+        return data
 
 
 class CreateAppointment(Strict):
@@ -34,17 +68,19 @@ class CreateAppointment(Strict):
 
 class ClinicalUpdate(Strict):
     """The visit's fields an update may set: shared by PATCH /v1/appointments/{id} and SaludYa's PUT."""
+    NOT_NULL: ClassVar[tuple[str, ...]] = ("duration_minutes", "follow_up_required")
     duration_minutes: int | None = Field(default=None, gt=0, le=1440)
     reason: str | None = Field(default=None, max_length=1000)
     notes: str | None = Field(default=None, max_length=4000)
     diagnosis: str | None = Field(default=None, max_length=4000)
     prescription: str | None = Field(default=None, max_length=4000)
     follow_up_required: bool | None = None
-    follow_up_date: dt.date | None = None
+    follow_up_date: Day | None = None
     cancellation_reason: str | None = Field(default=None, max_length=1000)
 
 
 class UpdateAppointment(ClinicalUpdate):
+    NOT_NULL: ClassVar[tuple[str, ...]] = (*ClinicalUpdate.NOT_NULL, "appointment_date", "status", "send_notification")
     appointment_date: str | None = Field(default=None, min_length=1)
     status: Status | None = None
     assigned_doctor: str | None = Field(default=None, max_length=200)
@@ -107,6 +143,11 @@ class GeneralSettings(BaseModel):
 
 
 class SettingsPatch(Strict):
+    NOT_NULL: ClassVar[tuple[str, ...]] = ("enabled", "timezone", "buffer_time_minutes", "max_advance_booking_days",
+                                           "min_notice_hours", "allow_reschedule", "allow_cancellation",
+                                           "cancellation_notice_hours", "prevent_duplicate_bookings",
+                                           "token_numbering", "require_cancellation_reason",
+                                           "require_diagnosis_on_complete")
     enabled: bool | None = None
     timezone: str | None = None
     buffer_time_minutes: int | None = Field(default=None, ge=0, le=1440)
@@ -141,6 +182,7 @@ class CreateDoctor(Strict):
 
 
 class UpdateDoctor(Strict):
+    NOT_NULL: ClassVar[tuple[str, ...]] = ("name", "branch_ids")
     name: str | None = Field(default=None, min_length=1, max_length=200)
     specialty: str | None = Field(default=None, max_length=200)
     branch_ids: list[str] | None = Field(default=None, max_length=100)
@@ -191,6 +233,7 @@ class CreateWindow(Strict):
 
 
 class UpdateWindow(Strict):
+    NOT_NULL: ClassVar[tuple[str, ...]] = ("start_time", "end_time", "max_slots", "status")
     start_time: str | None = Field(default=None, pattern=_HHMM)
     end_time: str | None = Field(default=None, pattern=_HHMM)
     max_slots: int | None = Field(default=None, ge=0, le=100_000)
@@ -213,13 +256,14 @@ class WindowOut(BaseModel):
 
 
 class UpdateWindowDay(Strict):
+    NOT_NULL: ClassVar[tuple[str, ...]] = ("status", "max_slots")
     status: Literal["OPEN", "CLOSED"] | None = None
     max_slots: int | None = Field(default=None, ge=0, le=100_000)
 
 
 class Regenerate(Strict):
-    date_from: dt.date
-    date_to: dt.date
+    date_from: Day
+    date_to: Day
 
 
 class TrackingRecord(BaseModel):
@@ -238,19 +282,19 @@ class TrackingRecord(BaseModel):
 
 
 class AvailabilityQuery(Strict):
-    date: dt.date
+    date: Day
     branch_id: str | None = None
     appointment_type: str | None = None
     session: Session | None = None
-    min_position: int | None = Field(default=None, ge=0)
+    min_position: int | None = POSITION
 
 
 class TrackingQuery(Strict):
-    date_from: dt.date
-    date_to: dt.date
+    date_from: Day
+    date_to: Day
     branch_id: str | None = None
     window_id: str | None = None
-    min_position: int | None = Field(default=None, ge=0)
+    min_position: int | None = POSITION
 
 
 class WindowsQuery(Strict):
@@ -258,9 +302,9 @@ class WindowsQuery(Strict):
 
 
 class SearchQuery(Strict):
-    date: dt.date | None = None
-    date_from: dt.date | None = None
-    date_to: dt.date | None = None
+    date: Day | None = None
+    date_from: Day | None = None
+    date_to: Day | None = None
     branch_id: str | None = None
     status: Status | None = None
     parent_phone: str | None = None
@@ -269,11 +313,11 @@ class SearchQuery(Strict):
     external_reference_id: str | None = None
     limit: int = Field(default=50, ge=1, le=200)
     cursor: str | None = None
-    min_position: int | None = Field(default=None, ge=0)
+    min_position: int | None = POSITION
 
 
 class ReadQuery(Strict):
-    min_position: int | None = Field(default=None, ge=0)
+    min_position: int | None = POSITION
 
 
 class ErrorBody(BaseModel):

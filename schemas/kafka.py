@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from schemas.http import CreateAppointment, ErrorBody, CreateWindow, Strict, UpdateAppointment, UpdateWindow, UpdateWindowDay
+from schemas.http import CreateAppointment, Day, ErrorBody, CreateWindow, Strict, UpdateAppointment, UpdateWindow, UpdateWindowDay
 
 
 # -- commands: <prefix>.commands ---------------------------------------------------------------------------
@@ -25,7 +25,7 @@ class CompleteAppointment(Strict):
     diagnosis: str | None = Field(default=None, max_length=4000)
     prescription: str | None = Field(default=None, max_length=4000)
     follow_up_required: bool | None = None
-    follow_up_date: dt.date | None = None
+    follow_up_date: Day | None = None
     duration_minutes: int | None = Field(default=None, gt=0, le=1440)
     notes: str | None = Field(default=None, max_length=4000)
     send_notification: bool | None = None
@@ -89,7 +89,7 @@ class UpdateWindowDayCommand(_Envelope):
     """PATCH /v1/schedule-tracking/{window_id}/{date}: close/reopen one date or override its capacity."""
     type: Literal["update_window_day"]
     window_id: str
-    date: dt.date
+    date: Day
     payload: UpdateWindowDay
 
 

@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
-from schemas.http import ClinicalUpdate, ErrorBody
+from schemas.http import ClinicalUpdate, Day, ErrorBody
 
 SaludYaStatus = Literal["scheduled", "confirmed", "in_progress", "completed", "cancelled", "no_show"]
 
 
 class SaludYaUpdate(ClinicalUpdate):
-    date: dt.date | None = Field(default=None, description="New local date, YYYY-MM-DD (org timezone)")
+    NOT_NULL: ClassVar[tuple[str, ...]] = (*ClinicalUpdate.NOT_NULL, "date", "time", "status", "send_notification")
+    date: Day | None = Field(default=None, description="New local date, YYYY-MM-DD (org timezone)")
     time: str | None = Field(default=None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="New local time HH:MM")
     status: SaludYaStatus | None = None
     send_notification: bool = Field(default=True, description="SaludYa's default is true")
@@ -24,7 +25,7 @@ class SaludYaAppointment(BaseModel):
     patient_name: str
     doctor_id: str | None
     doctor_name: str | None
-    specialty: str | None = Field(description="The service's name")
+    specialty: str | None = Field(description="The doctor's specialty when registered, else the service's name")
     date: str
     time: str
     duration_minutes: int | None

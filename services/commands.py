@@ -7,6 +7,7 @@ from typing import Any, Awaitable, Callable
 
 from domain import catalog as cat
 from domain.errors import DomainError, validation
+from domain.timerules import parse_day
 from schemas import kafka as k
 from schemas.http import CreateAppointment, CreateBranch, CreateDoctor, CreateService, CreateWindow, SettingsPatch, \
     UpdateAppointment, UpdateDoctor, UpdateWindow, UpdateWindowDay
@@ -81,11 +82,8 @@ async def disable_window(handler: CommandHandler, org_id: str, window_id: str, m
 
 async def update_window_day(handler: CommandHandler, org_id: str, window_id: str, date: str, body: UpdateWindowDay,
                             meta: Meta) -> Outcome:
-    try:
-        dt.date.fromisoformat(date)
-    except ValueError:
-        raise validation("date", "must be a date YYYY-MM-DD") from None
-    return await handler.adjust_day(org_id, window_id, date, body.status, body.max_slots, meta)
+    return await handler.adjust_day(org_id, window_id, parse_day(date).isoformat(), body.status, body.max_slots,
+                                    meta)
 
 
 # -- appointments --------------------------------------------------------------------------------------

@@ -40,28 +40,39 @@ async def create_key(conn: asyncpg.Connection, org_id: str, scopes: list[str], n
     return f"sl_{key_id}_{secret}"
 
 
+_NO_SUCH_KEY = hashlib.sha256(b"no such key").digest()
+
+
 class KeyRing:
-    """Verifies bearer keys, caching a verified key's principal briefly (revocations apply within `ttl`)."""
+    """Verifies bearer keys. Only whole keys that verified are cached (by their hash, for `ttl`: revocations
+    apply within it), so a wrong secret costs the same one lookup whether its key id exists or not: key ids
+    cannot be probed by timing."""
 
     def __init__(self, pool: asyncpg.Pool, ttl: float = 30.0):
         self.pool = pool
         self.ttl = ttl
-        self._cache: dict[str, tuple[float, Principal, bytes]] = {}
+        self._cache: dict[bytes, tuple[float, Principal]] = {}
 
     async def verify(self, token: str) -> Principal | None:
+        if not token.isascii():
+            return None
         parts = token.split("_", 2)
-        if len(parts) != 3 or parts[0] != "sl":
+        if len(parts) != 3 or parts[0] != "sl" or not 0 < len(parts[1]) <= 64:
             return None
         _, key_id, secret = parts
-        digest = hashlib.sha256(secret.encode()).digest()
-        cached = self._cache.get(key_id)
+        whole = hashlib.sha256(token.encode()).digest()
+        cached = self._cache.get(whole)
         if cached and cached[0] > time.monotonic():
-            return cached[1] if hmac.compare_digest(digest, cached[2]) else None
+            return cached[1]
+        digest = hashlib.sha256(secret.encode()).digest()
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow("SELECT org_id, secret_hash, scopes FROM api_keys WHERE key_id = $1"
                                       " AND revoked_at IS NULL", key_id)
-        if row is None or not hmac.compare_digest(digest, bytes(row["secret_hash"])):
+        stored = bytes(row["secret_hash"]) if row is not None else _NO_SUCH_KEY
+        if not hmac.compare_digest(digest, stored) or row is None:
             return None
         principal = Principal(key_id, str(row["org_id"]), frozenset(row["scopes"]))
-        self._cache[key_id] = (time.monotonic() + self.ttl, principal, bytes(row["secret_hash"]))
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[whole] = (time.monotonic() + self.ttl, principal)
         return principal

@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from services.aio import cancel_all
 from services.handler import CommandHandler
 from services.ingestor import Ingestor
+from services.gateway.guard import FailedAuthLimiter
 from services.keys import KeyRing
 from services.logs import log
 from services.gateway.app import build_app
@@ -50,6 +51,7 @@ class Runtime:
     waker: LogWaker | None = None
     handler: CommandHandler | None = None
     keys: KeyRing | None = None
+    auth_limiter: FailedAuthLimiter | None = None
     projectors: ProjectorRunner | None = None
     kafka_admin: AIOKafkaAdminClient | None = None
     ingestor: Ingestor | None = None
@@ -74,6 +76,7 @@ class Runtime:
         await self.waker.start()
         self.handler = CommandHandler(self.pool, self.store, retries=s.command_retries)
         self.keys = KeyRing(self.pool)
+        self.auth_limiter = FailedAuthLimiter(s.auth_failures_per_minute)
         self.projectors = ProjectorRunner(self.pool, self.store, self.waker, s.poll_interval_seconds)
         if "projectors" in self.components:
             self._tasks.extend(self.projectors.tasks())

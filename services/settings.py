@@ -23,7 +23,9 @@ class Settings(BaseSettings):
     pool_min_size: int = 2
     pool_max_size: int = 20
     command_retries: int = 8
-    poll_interval_seconds: float = 1.0  # projector fallback when no NOTIFY arrives
+    poll_interval_seconds: float = 1.0
+    auth_failures_per_minute: int = 60  # per client address; then 429 RATE_LIMITED until the window clears
+    body_timeout_seconds: float = 30.0  # a request body must arrive within this  # projector fallback when no NOTIFY arrives
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}.{name}"

@@ -1,7 +1,7 @@
 """The HTTP gateway. One route table drives routing, the scope check and the OpenAPI document."""
 from __future__ import annotations
 
-import json
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,7 +16,7 @@ from domain.errors import DomainError
 from schemas.http import CreateDoctor, DoctorOut, PatientAppointmentsQuery, PatientOut, PatientQuery, UpdateDoctor
 from schemas.saludya import SaludYaAppointment, SaludYaUpdate
 from services.gateway import handlers as h
-from services.gateway import registry, saludya
+from services.gateway import inputs, registry, saludya
 from services.logs import log
 from services.gateway.backend import Backend
 
@@ -41,16 +41,18 @@ class Route:
 
 
 def error_response(status: int, code: str, message: str, details: dict | None = None,
-                   extra: dict | None = None) -> web.Response:
+                   extra: dict | None = None, headers: dict | None = None) -> web.Response:
     body = {"success": False, **(extra or {}), "error": {"code": code, "message": message, "details": details or {}}}
-    return web.json_response(body, status=status, dumps=h.json_text)
+    return web.json_response(body, status=status, dumps=h.json_text, headers=headers)
 
 
 def validation_details(exc: ValidationError) -> dict[str, str]:
     details: dict[str, str] = {}
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "body"
-        if err["type"] == "missing":
+        if err["type"] == "not_null":
+            details[err["ctx"]["field"]] = "must not be null"
+        elif err["type"] == "missing":
             details[field] = "is required"
         elif err["type"] == "extra_forbidden":
             details[field] = "is not a known field"
@@ -130,6 +132,7 @@ def _endpoint(route: Route):
         status = 500
         try:
             principal = await _authorise(request, backend, route)
+            inputs.check_target(request)
             args: dict[str, Any] = {}
             if route.query is not None:
                 query = {k: v for k, v in request.query.items()}
@@ -137,7 +140,7 @@ def _endpoint(route: Route):
                     query.setdefault("min_position", request.headers["X-Min-Position"])
                 args["query"] = route.query.model_validate(query)
             if route.body is not None:
-                args["body"] = route.body.model_validate(await _json_body(request))
+                args["body"] = route.body.model_validate(await _json_body(request, backend))
             response = await route.handler(request, backend, principal, **args)
             status = response.status
             return response
@@ -146,7 +149,7 @@ def _endpoint(route: Route):
             return errors(400, "VALIDATION_ERROR", "Invalid request data", validation_details(exc))
         except DomainError as exc:
             status = exc.status
-            return errors(exc.status, exc.code, exc.message, exc.details, exc.extra)
+            return errors(exc.status, exc.code, exc.message, exc.details, exc.extra, exc.headers)
         finally:
             REQUESTS.labels(route.path, str(status)).inc()
             LATENCY.labels(route.path).observe(time.perf_counter() - started)
@@ -155,11 +158,14 @@ def _endpoint(route: Route):
 
 
 async def _authorise(request: web.Request, backend: Backend, route: Route):
+    client = request.remote or "unknown"
+    backend.auth_limiter.check(client)
     scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
-    if scheme.casefold() != "bearer" or not token.strip():  # the scheme is case-insensitive (RFC 9110 §11.1)
-        raise DomainError("UNAUTHORIZED", "Invalid or missing API key")
-    principal = await backend.keys.verify(token.strip())
+    principal = None
+    if scheme.casefold() == "bearer" and token.strip():  # the scheme is case-insensitive (RFC 9110 §11.1)
+        principal = await backend.keys.verify(token.strip())
     if principal is None:
+        backend.auth_limiter.failed(client)
         raise DomainError("UNAUTHORIZED", "Invalid or missing API key")
     if not principal.scopes.intersection(route.scopes):
         raise DomainError("INSUFFICIENT_SCOPE", f"this API key lacks the scope {' or '.join(route.scopes)}",
@@ -168,31 +174,30 @@ async def _authorise(request: web.Request, backend: Backend, route: Route):
     return principal
 
 
-async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
-    if not raw:
-        raise DomainError("VALIDATION_ERROR", "a JSON body is required", {"body": "is required"})
+async def _json_body(request: web.Request, backend: Backend) -> Any:
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise DomainError("VALIDATION_ERROR", "the body is not valid JSON", {"body": "is not valid JSON"}) from None
-    if not isinstance(body, dict):
-        raise DomainError("VALIDATION_ERROR", "the body must be a JSON object", {"body": "must be an object"})
-    return body
+        async with asyncio.timeout(backend.settings.body_timeout_seconds):  # a slow body is cut off
+            raw = await request.read()
+    except TimeoutError:
+        raise DomainError("REQUEST_TIMEOUT", "the request body did not arrive in time") from None
+    return inputs.parse_json(raw)
 
 
 @web.middleware
 async def request_context(request: web.Request, handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+    request_id = inputs.request_id(request) or uuid.uuid4().hex
     request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id, method=request.method, path=request.path)
     try:
         response = await handler(request)
     except web.HTTPException as exc:  # aiohttp's own 404/405/413…: same error shape
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 401: "UNAUTHORIZED"}.get(exc.status, "HTTP_ERROR")
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 401: "UNAUTHORIZED",
+                413: "PAYLOAD_TOO_LARGE"}.get(exc.status, "HTTP_ERROR")
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # 405 names what is allowed
         response = error_response(exc.status, code, exc.reason or "error",
-                                  {"path": request.path} if exc.status == 404 else {})
+                                  {"path": inputs.text_problem(request.path) and "?" or request.path}
+                                  if exc.status == 404 else {}, headers=allow)
     except Exception:  # never a bare 500 page
         log.exception("unhandled error")
         response = error_response(500, "INTERNAL_ERROR", "an unexpected error occurred; it has been logged",

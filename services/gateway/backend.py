@@ -7,12 +7,16 @@ from typing import Protocol
 import asyncpg
 
 from services.handler import CommandHandler
+from services.gateway.guard import FailedAuthLimiter
 from services.keys import KeyRing
+from services.settings import Settings
 
 
 class Backend(Protocol):
+    settings: Settings
     pool: asyncpg.Pool  # read models are queried on it
     handler: CommandHandler
     keys: KeyRing
+    auth_limiter: FailedAuthLimiter
 
     async def readiness(self) -> dict: ...

@@ -26,10 +26,10 @@ _COPIED = tuple(ClinicalUpdate.model_fields)
 
 
 def error_response(status: int, code: str, message: str, details: dict | None = None,
-                   extra: dict | None = None) -> web.Response:
+                   extra: dict | None = None, headers: dict | None = None) -> web.Response:
     body = {"error": {"code": CODES.get(code, code), "message": MESSAGES.get(code, message),
                       "details": {**(extra or {}), **(details or {})}}}
-    return web.json_response(body, status=status, dumps=json_text)
+    return web.json_response(body, status=status, dumps=json_text, headers=headers)
 
 
 def _stamp(value: str | None) -> str | None:

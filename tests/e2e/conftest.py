@@ -17,7 +17,7 @@ from services.settings import Settings
 @pytest.fixture
 async def runtime(pg_url, schema):
     settings = Settings(database_url=pg_url, database_schema=schema, http_port=0, kafka_bootstrap=None,
-                        poll_interval_seconds=0.2)
+                        poll_interval_seconds=0.2, auth_failures_per_minute=100_000)
     rt = Runtime(settings, components=("gateway", "projectors"))
     await rt.start()
     yield rt
@@ -27,7 +27,7 @@ async def runtime(pg_url, schema):
 @pytest.fixture
 async def kafka_runtime(pg_url, schema, kafka_bootstrap, topic_prefix):
     settings = Settings(database_url=pg_url, database_schema=schema, http_port=0, kafka_bootstrap=kafka_bootstrap,
-                        topic_prefix=topic_prefix, poll_interval_seconds=0.2)
+                        topic_prefix=topic_prefix, poll_interval_seconds=0.2, auth_failures_per_minute=100_000)
     rt = Runtime(settings)  # gateway, projectors, ingestor and relay
     await rt.start()
     yield rt
