@@ -11,8 +11,9 @@ import asyncpg
 
 from domain import windowday as wd
 from domain.catalog import Catalog, Window
-from domain.errors import validation
-from domain.timerules import days_between
+from domain.errors import DomainError, validation
+from domain.timerules import days_between, parse_day
+from schemas.text import text_problem
 
 
 async def appointment(conn: asyncpg.Connection, org_id: str, appointment_id: str) -> dict[str, Any] | None:
@@ -27,8 +28,10 @@ def encode_cursor(date: str, appointment_id: str) -> str:
 def decode_cursor(cursor: str) -> tuple[dt.date, str]:
     try:
         date, appointment_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return dt.date.fromisoformat(date), str(appointment_id)
-    except (ValueError, TypeError):
+        if not isinstance(appointment_id, str) or text_problem(appointment_id):
+            raise ValueError
+        return parse_day(date), appointment_id
+    except (ValueError, TypeError, DomainError):
         raise validation("cursor", "is not a cursor this API returned") from None
 
 

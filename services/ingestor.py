@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from domain.errors import DomainError
 from schemas.kafka import COMMAND, COMMAND_TYPES, CommandResult
+from schemas.text import BadInput, check_json
 from services import commands
 from services import command_results
 from services.command_results import CommandAlreadyApplied
@@ -67,11 +68,15 @@ def decode(value: bytes | None) -> Any | DeadLetter:
         return DeadLetter("undecodable", f"the value is not UTF-8: {exc}")
     try:
         raw = json.loads(text)
-    except ValueError as exc:
-        return DeadLetter("invalid_json", f"the value is not JSON: {exc}")
+    except (ValueError, RecursionError) as exc:
+        return DeadLetter("invalid_json", f"the value is not JSON: {exc!r}"[:500])
     command_id = _command_id(raw)
     if not isinstance(raw, dict):
         return DeadLetter("schema_invalid", "the value must be a JSON object", command_id)
+    try:  # the same rules as HTTP bodies: no NUL, no lone surrogate, no deep nesting
+        check_json(raw, "value")
+    except BadInput as exc:
+        return DeadLetter("schema_invalid", str(exc), command_id)
     if "type" in raw and raw["type"] not in COMMAND_TYPES:
         return DeadLetter("unknown_command_type", f"unknown command type {raw['type']!r}; known: "
                           + ", ".join(COMMAND_TYPES), command_id)

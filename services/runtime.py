@@ -14,6 +14,7 @@ from services.ingestor import Ingestor
 from services.gateway.guard import FailedAuthLimiter
 from services.keys import KeyRing
 from services.logs import log
+from services.gateway import protocol
 from services.gateway.app import build_app
 from services.projector import ProjectorRunner, rebuild_after_migrations
 from services.relay import Relay
@@ -95,7 +96,7 @@ class Runtime:
             self.ingestor = Ingestor(s, self.pool, self.handler)
             await self.ingestor.start()
         if "gateway" in self.components:
-            self._runner = web.AppRunner(build_app(self), access_log=None)
+            self._runner = protocol.runner(build_app(self), s.head_timeout_seconds)
             await self._runner.setup()
             site = web.TCPSite(self._runner, s.http_host, s.http_port)
             await site.start()
