@@ -50,6 +50,11 @@ class Strict(BaseModel):
         return data
 
 
+class Changes(Strict):
+    """A PATCH body: any subset of its fields, but at least one."""
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+
 class CreateAppointment(Strict):
     appointment_type: str = Field(min_length=1, description="Service UUID or name (case-insensitive)")
     appointment_date: str = Field(min_length=1, description="ISO 8601 datetime with a time part; no offset = UTC",
@@ -66,7 +71,7 @@ class CreateAppointment(Strict):
     duration_minutes: int | None = Field(default=None, gt=0, le=1440)
 
 
-class ClinicalUpdate(Strict):
+class ClinicalUpdate(Changes):
     """The visit's fields an update may set: shared by PATCH /v1/appointments/{id} and SaludYa's PUT."""
     NOT_NULL: ClassVar[tuple[str, ...]] = ("duration_minutes", "follow_up_required")
     duration_minutes: int | None = Field(default=None, gt=0, le=1440)
@@ -142,7 +147,7 @@ class GeneralSettings(BaseModel):
     phone_region: str | None = None
 
 
-class SettingsPatch(Strict):
+class SettingsPatch(Changes):
     NOT_NULL: ClassVar[tuple[str, ...]] = ("enabled", "timezone", "buffer_time_minutes", "max_advance_booking_days",
                                            "min_notice_hours", "allow_reschedule", "allow_cancellation",
                                            "cancellation_notice_hours", "prevent_duplicate_bookings",
@@ -181,7 +186,7 @@ class CreateDoctor(Strict):
     branch_ids: list[str] = Field(default_factory=list, max_length=100)
 
 
-class UpdateDoctor(Strict):
+class UpdateDoctor(Changes):
     NOT_NULL: ClassVar[tuple[str, ...]] = ("name", "branch_ids")
     name: str | None = Field(default=None, min_length=1, max_length=200)
     specialty: str | None = Field(default=None, max_length=200)
@@ -232,7 +237,7 @@ class CreateWindow(Strict):
     status: Literal["OPEN", "CLOSED"] = "OPEN"
 
 
-class UpdateWindow(Strict):
+class UpdateWindow(Changes):
     NOT_NULL: ClassVar[tuple[str, ...]] = ("start_time", "end_time", "max_slots", "status")
     start_time: str | None = Field(default=None, pattern=_HHMM)
     end_time: str | None = Field(default=None, pattern=_HHMM)
@@ -255,7 +260,7 @@ class WindowOut(BaseModel):
     enabled: bool
 
 
-class UpdateWindowDay(Strict):
+class UpdateWindowDay(Changes):
     NOT_NULL: ClassVar[tuple[str, ...]] = ("status", "max_slots")
     status: Literal["OPEN", "CLOSED"] | None = None
     max_slots: int | None = Field(default=None, ge=0, le=100_000)

@@ -140,7 +140,8 @@ def _endpoint(route: Route):
                     query.setdefault("min_position", request.headers["X-Min-Position"])
                 args["query"] = route.query.model_validate(query)
             if route.body is not None:
-                args["body"] = route.body.model_validate(await _json_body(request, backend))
+                # strict: JSON's false is not 0, "5" is not 5 (query strings stay lax: they are all text)
+                args["body"] = route.body.model_validate(await _json_body(request, backend), strict=True)
             response = await route.handler(request, backend, principal, **args)
             status = response.status
             return response
@@ -227,6 +228,16 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(document(ROUTES))
 
 
+# Path ids that must look like ids, so /v1/appointment-slots/availability is never read as a window id.
+ID_PATTERNS = {"window_id": "[0-9a-fA-F-]{36}"}
+
+
+def _matching(path: str) -> str:
+    for name, pattern in ID_PATTERNS.items():
+        path = path.replace("{%s}" % name, "{%s:%s}" % (name, pattern))
+    return path
+
+
 def build_app(backend: Backend) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=1024 * 1024)
     app[BACKEND] = backend
@@ -235,5 +246,5 @@ def build_app(backend: Backend) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, _endpoint(route))
+        app.router.add_route(route.method, _matching(route.path), _endpoint(route))
     return app

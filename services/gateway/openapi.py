@@ -19,6 +19,9 @@ def _schema(model: Any, components: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+CREATED = ("/v1/appointments", "/v1/services", "/v1/branches", "/v1/appointment-slots", "/v1/doctors")
+
+
 def document(routes) -> dict[str, Any]:
     components: dict[str, Any] = {}
     error_refs = {"v1": _schema(ErrorResponse, components), "saludya": _schema(SaludYaError, components)}
@@ -28,21 +31,25 @@ def document(routes) -> dict[str, Any]:
                               "x-required-scopes": list(route.scopes), "parameters": []}
         for name in re.findall(r"{(\w+)}", route.path):
             op["parameters"].append({"name": name, "in": "path", "required": True, "schema": {"type": "string"}})
-        if route.query is not None:
+        if route.query is not None:  # each field with its bounds (limit ≤ 200, dates YYYY-MM-DD, …)
+            query = route.query.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(query.pop("$defs", {}))
             for name, field in route.query.model_fields.items():
                 op["parameters"].append({"name": name, "in": "query", "required": field.is_required(),
-                                         "schema": TypeAdapter(field.annotation).json_schema()})
+                                         "schema": query["properties"][name]})
         if route.body is not None:
             op["requestBody"] = {"required": True,
                                  "content": {"application/json": {"schema": _schema(route.body, components)}}}
         data = _schema(route.response, components) if route.response is not None else {}
-        ok_status = "201" if route.method == "POST" and route.path in ("/v1/appointments", "/v1/services",
-                                                                         "/v1/branches", "/v1/appointment-slots") \
-            else "200"
+        ok_status = "201" if route.method == "POST" and route.path in CREATED else "200"
         if route.style == "v1":
             data = {"type": "object", "properties": {"success": {"const": True}, "data": data}}
         op["responses"] = {
             ok_status: {"description": "success", "content": {"application/json": {"schema": data}}},
+            **({"200": {"description": "idempotent: an active appointment with this external_reference_id exists;"
+                               " it is answered, with `idempotent: true`",
+                        "content": {"application/json": {"schema": data}}}}
+               if (route.method, route.path) == ("POST", "/v1/appointments") else {}),
             "default": {"description": "error",
                         "content": {"application/json": {"schema": error_refs[route.style]}}},
         }
