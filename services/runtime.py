@@ -96,7 +96,7 @@ class Runtime:
             self.ingestor = Ingestor(s, self.pool, self.handler)
             await self.ingestor.start()
         if "gateway" in self.components:
-            self._runner = protocol.runner(build_app(self), s.head_timeout_seconds)
+            self._runner = protocol.runner(build_app(self), s.head_timeout_seconds, s.max_connections)
             await self._runner.setup()
             site = web.TCPSite(self._runner, s.http_host, s.http_port)
             await site.start()

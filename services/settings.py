@@ -26,7 +26,8 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = 1.0
     auth_failures_per_minute: int = 60  # per client address; then 429 RATE_LIMITED until the window clears
     head_timeout_seconds: float = 10.0  # a request head must arrive within this of its first byte
-    body_timeout_seconds: float = 30.0  # a request body must arrive within this  # projector fallback when no NOTIFY arrives
+    body_timeout_seconds: float = 30.0  # a request body must arrive within this
+    max_connections: int = 1000  # open HTTP connections per gateway process; more are closed at once  # projector fallback when no NOTIFY arrives
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}.{name}"

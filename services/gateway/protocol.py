@@ -15,12 +15,20 @@ from services.logs import log
 
 HEAD_TIMEOUT = 10.0
 IDLE_TIMEOUT = 75.0  # an idle keep-alive connection is closed after this
+MAX_CONNECTIONS = 1000  # per gateway process; more are closed at once
 
 
 class GuardedRequestHandler(RequestHandler):
     head_timeout = HEAD_TIMEOUT
+    max_connections = MAX_CONNECTIONS
     _head_timer: asyncio.TimerHandle | None = None
     _heads_seen = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._manager is not None and len(self._manager.connections) > self.max_connections:
+            log.warning("refusing a connection: the gateway holds its maximum", limit=self.max_connections)
+            transport.close()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -64,8 +72,10 @@ class GuardedServer(Server):
         return self.handler_class(self, loop=self._loop, **self._kwargs)
 
 
-def runner(app: web.Application, head_timeout: float = HEAD_TIMEOUT) -> web.AppRunner:
-    handler = type("Handler", (GuardedRequestHandler,), {"head_timeout": head_timeout})
+def runner(app: web.Application, head_timeout: float = HEAD_TIMEOUT,
+           max_connections: int = MAX_CONNECTIONS) -> web.AppRunner:
+    handler = type("Handler", (GuardedRequestHandler,), {"head_timeout": head_timeout,
+                                                         "max_connections": max_connections})
     server = type("Server", (GuardedServer,), {"handler_class": handler})
 
     class Runner(web.AppRunner):

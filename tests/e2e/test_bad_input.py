@@ -144,7 +144,7 @@ async def test_aiohttps_own_errors_and_405s_are_in_the_json_shape(api):
 @pytest.fixture
 async def strict_runtime(pg_url, schema):
     settings = Settings(database_url=pg_url, database_schema=schema, http_port=0, kafka_bootstrap=None,
-                        auth_failures_per_minute=5, head_timeout_seconds=1, body_timeout_seconds=1)
+                        auth_failures_per_minute=5, head_timeout_seconds=1, body_timeout_seconds=1, max_connections=3)
     rt = Runtime(settings, components=("gateway",))
     await rt.start()
     yield rt
@@ -163,6 +163,16 @@ async def test_slow_clients_are_cut_off(strict_runtime, http):
     status, headers, b = await raw(api, b"POST /v1/branches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
                                    + api.key.encode() + b"\r\nContent-Length: 50\r\n\r\n{", read_timeout=10)
     assert (status, b["error"]["code"]) == (408, "REQUEST_TIMEOUT"), b
+
+
+async def test_connections_beyond_the_cap_are_closed_at_once(strict_runtime, http):
+    url = urlsplit(strict_runtime.http_url)
+    held = [await asyncio.open_connection(url.hostname, url.port) for _ in range(3)]
+    await asyncio.sleep(0.1)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # the fourth is closed by the server
+    for _, w in [*held, (reader, writer)]:
+        w.close()
 
 
 async def test_repeated_failed_authentication_is_rate_limited(strict_runtime, http):

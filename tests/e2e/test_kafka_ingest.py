@@ -24,11 +24,14 @@ def _route(api, days_ahead: int) -> str:
 
 
 MALFORMED_KINDS = ("undecodable", "invalid_json", "not_an_object", "no_command_id", "bad_uuid", "unknown_type",
-                   "missing_field", "unknown_field", "wrong_type", "tombstone")
+                   "missing_field", "unknown_field", "wrong_type", "tombstone", "nul_text", "deep", "basic_date")
 EXPECTED_REASON = {"undecodable": "undecodable", "invalid_json": "invalid_json", "not_an_object": "schema_invalid",
                    "no_command_id": "schema_invalid", "bad_uuid": "schema_invalid",
                    "unknown_type": "unknown_command_type", "missing_field": "schema_invalid",
-                   "unknown_field": "schema_invalid", "wrong_type": "schema_invalid", "tombstone": "schema_invalid"}
+                   "unknown_field": "schema_invalid", "wrong_type": "schema_invalid", "tombstone": "schema_invalid",
+                   "nul_text": "schema_invalid", "deep": "schema_invalid", "basic_date": "schema_invalid"}
+# The same rules as HTTP bodies (DESIGN §4): each of these is dead-lettered with a VALIDATION_ERROR result.
+AS_HTTP = ("nul_text", "deep", "basic_date")
 
 
 def _malformed(api, kind: str, n: int) -> bytes | None:
@@ -53,6 +56,12 @@ def _malformed(api, kind: str, n: int) -> bytes | None:
         good["payload"]["duration_minutes"] = "forty"
     elif kind == "tombstone":
         return None
+    elif kind == "nul_text":
+        good["payload"]["patient_name"] = "Aa\u0000dhi"
+    elif kind == "deep":
+        good["payload"]["notes"] = json.loads("[" * 40 + "]" * 40)
+    elif kind == "basic_date":
+        good = command(api.org_id, "update_window_day", {"status": "CLOSED"}, window_id=str(n), date="20261202")
     return json.dumps(good).encode()
 
 
@@ -115,15 +124,17 @@ async def test_a_thousand_commands_with_fifty_malformed_each_answered_once(kafka
     await publish(kafka_bootstrap, rt.settings.topic("commands"), messages)
 
     valid_ids = {cmd["command_id"] for cmd, _ in valid}
+    refused_ids = {json.loads(value)["command_id"] for kind, value in malformed if kind in AS_HTTP}
     results_topic = rt.settings.topic("command-results")
     records = await read_topic(kafka_bootstrap, results_topic,
-                               lambda recs: valid_ids <= set(results_by_command(recs)), timeout=120)
+                               lambda recs: valid_ids | refused_ids <= set(results_by_command(recs)), timeout=120)
     results = results_by_command(records)
     assert valid_ids <= set(results), f"{len(valid_ids - set(results))} valid commands got no result"
     assert all(len(results[cid]) == 1 for cid in valid_ids), "a valid command got more than one result"
 
-    dead = await read_topic(kafka_bootstrap, rt.settings.topic("commands.dlq"), lambda recs: len(recs) >= 50, 60)
-    assert len(dead) == 50
+    dead = await read_topic(kafka_bootstrap, rt.settings.topic("commands.dlq"),
+                            lambda recs: len(recs) >= len(malformed), 60)
+    assert len(dead) == len(malformed)
     by_key = {r.key.decode(): r for r in dead}
     for i, (kind, value) in enumerate(malformed):
         letter = by_key[f"bad-{i}"]
@@ -132,6 +143,9 @@ async def test_a_thousand_commands_with_fifty_malformed_each_answered_once(kafka
         assert headers["dlq.reason"].decode() == EXPECTED_REASON[kind], (kind, headers)
         assert headers["dlq.error"], kind
         assert headers["dlq.topic"].decode() == rt.settings.topic("commands")
+        if kind in AS_HTTP:
+            refusal = results[headers["dlq.command_id"].decode()][0]
+            assert (refusal["status"], refusal["error"]["code"]) == (400, "VALIDATION_ERROR"), (kind, refusal)
 
     # Business refusals are results, never dead letters.
     creates = [results[cmd["command_id"]][0] for cmd, _ in valid[:880]]
