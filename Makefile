@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test unit bench install clean
+.PHONY: run test unit faults bench install clean
 BENCH_STAMP := $(VENV)/.bench-stamp
 
 $(STAMP): pyproject.toml
@@ -22,6 +22,10 @@ run: $(STAMP)
 ## Every test, against a real PostgreSQL and a real Kafka broker.
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The fault cases alone (each starts its own servers and crashes them under load; also part of `make test`).
+faults: $(STAMP)
+	$(BIN)/python -m pytest tests/faults -s $(PYTEST_ARGS)
 
 ## Domain tests only: no servers.
 unit: $(STAMP)

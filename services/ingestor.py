@@ -31,14 +31,15 @@ from services.command_results import CommandAlreadyApplied
 from services.handler import CommandHandler
 from services.outcome import Meta
 from services.logs import log
+from services.loops import health
+from services.store.eventstore import DATABASE_UNAVAILABLE
 from services.settings import Settings
 
 COMMANDS = Counter("slotledger_kafka_commands_total", "Kafka commands by result", ["type", "ok"])
 DEAD_LETTERS = Counter("slotledger_kafka_dead_letters_total", "Kafka messages dead-lettered", ["reason"])
 
 # Infrastructure trouble: the batch is retried from its first offset, nothing is dead-lettered.
-_TRANSIENT = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-              asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+_TRANSIENT = DATABASE_UNAVAILABLE
 
 
 @dataclass
@@ -124,25 +125,26 @@ class Ingestor:
         self._task = asyncio.create_task(self._run(), name="ingestor")
 
     async def _run(self) -> None:
+        loop = health("ingestor")
         while not self._stopping:
             try:
                 batches = await self._consumer.getmany(timeout_ms=200, max_records=self.max_batch)
             except Exception as exc:  # the client reconnects by itself; keep asking
-                log.warning("fetching commands failed; retrying", error=repr(exc))
-                await asyncio.sleep(0.5)
+                await loop.failed(exc)
                 continue
             if not batches:
+                loop.ok()
                 continue
             async with self._batch_lock:
                 try:
                     await self._process([r for records in batches.values() for r in records])
                     await self._consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+                    loop.ok()
                 except Exception as exc:  # the batch is redelivered: its effects are recorded, so none repeats
-                    log.warning("command batch failed; retrying it", error=repr(exc))
                     for tp, records in batches.items():
                         if tp in self._consumer.assignment():
                             self._consumer.seek(tp, records[0].offset)
-                    await asyncio.sleep(0.5)
+                    await loop.failed(exc)
 
     async def stop(self) -> None:
         """Finish the batch in hand (its results are produced and its offsets committed), then leave the group."""

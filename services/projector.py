@@ -16,6 +16,7 @@ import asyncpg
 from projections.base import Projector, apply_batch, decoded, project
 from projections.registry import ASYNCHRONOUS, INLINE, all_projectors
 from services.logs import log
+from services.loops import health
 from services.store.eventstore import START, EventStore, LogPosition, LogWaker, save_checkpoint, wait_flag
 
 REBUILD_BATCH = 20_000
@@ -68,15 +69,17 @@ class ProjectorRunner:
 
     async def run(self) -> None:
         flag = self.waker.subscribe()
+        loop = health("projectors")
         while True:
             try:
                 async with self.pool.acquire() as conn:
                     read = await run_batch(conn, self.store, self.projectors)
+                loop.ok()
                 if read:
                     continue
-            except (asyncpg.PostgresError, OSError) as exc:
-                log.warning("projector batch failed; retrying", error=str(exc))
-                await asyncio.sleep(self.poll_interval)
+            except Exception as exc:  # never dies: backs off and resumes from its checkpoint
+                await loop.failed(exc)
+                continue
             await wait_flag(flag, self.poll_interval)
             await asyncio.sleep(self.settle)
 

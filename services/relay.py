@@ -14,13 +14,12 @@ from typing import Any
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
 from schemas.events import cloud_type
 from schemas.export import schema_url
 from services.aio import cancel_all
-from services.logs import log
+from services.loops import health
 from services.settings import Settings
 from services.store.eventstore import EventStore, LogWaker, StoredEvent, load_checkpoint, save_checkpoint, wait_flag
 
@@ -86,13 +85,16 @@ class Relay:
 
     async def _run(self) -> None:
         flag = self.waker.subscribe()
+        loop = health("relay")
         while True:
             try:
-                if await self.relay_batch():
+                relayed = await self.relay_batch()
+                loop.ok()
+                if relayed:
                     continue
-            except (KafkaError, asyncpg.PostgresError, OSError, asyncio.TimeoutError) as exc:
-                log.warning("relay batch failed; retrying", error=repr(exc))
-                await asyncio.sleep(self.settings.poll_interval_seconds)
+            except Exception as exc:  # never dies: backs off and resumes from its checkpoint
+                await loop.failed(exc)
+                continue
             await wait_flag(flag, self.settings.poll_interval_seconds)
             await asyncio.sleep(0.005)  # let a burst of commits land: one batch, one produce round
 

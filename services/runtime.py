@@ -14,6 +14,7 @@ from services.ingestor import Ingestor
 from services.gateway.guard import FailedAuthLimiter
 from services.keys import KeyRing
 from services.logs import log
+from services.loops import LOOPS
 from services.gateway import protocol
 from services.gateway.app import build_app
 from services.projector import ProjectorRunner, rebuild_after_migrations
@@ -63,6 +64,7 @@ class Runtime:
 
     async def start(self) -> None:
         s = self.settings
+        LOOPS.clear()  # one service per process: its loops report afresh
         conn = await asyncpg.connect(s.database_url)
         try:
             applied = await migrate(conn, s.database_schema)
@@ -70,7 +72,8 @@ class Runtime:
             await conn.close()
         if applied:
             log.info("migrated", applied=applied)
-        self.pool = await create_pool(s.database_url, s.database_schema, s.pool_min_size, s.pool_max_size)
+        self.pool = await create_pool(s.database_url, s.database_schema, s.pool_min_size, s.pool_max_size,
+                                      s.connect_timeout_seconds, s.statement_timeout_seconds)
         self.store = EventStore(self.pool, s.database_schema)
         await rebuild_after_migrations(self.pool, self.store, applied)
         self.waker = LogWaker(self.store, s.database_url)
@@ -108,18 +111,22 @@ class Runtime:
         checks: dict[str, dict] = {}
         try:
             async with self.pool.acquire(timeout=2) as conn:
-                await conn.fetchval("SELECT 1")
+                await conn.fetchval("SELECT 1", timeout=2)
             checks["postgres"] = {"ok": True}
         except Exception as exc:  # readiness reports, never raises
-            checks["postgres"] = {"ok": False, "error": str(exc)}
+            checks["postgres"] = {"ok": False, "error": repr(exc)[:300]}
         if self.kafka_admin is None:
-            checks["kafka"] = {"ok": False, "error": "no Kafka bootstrap configured"}
+            # required only by the parts that use it: a gateway alone is ready without a broker
+            checks["kafka"] = {"ok": False, "error": "no Kafka bootstrap configured",
+                               "required": bool({"ingestor", "relay"} & set(self.components))}
         else:
             try:
                 cluster = await asyncio.wait_for(self.kafka_admin.describe_cluster(), 3)
                 checks["kafka"] = {"ok": True, "brokers": len(cluster.get("brokers", []))}
             except Exception as exc:
                 checks["kafka"] = {"ok": False, "error": str(exc) or type(exc).__name__}
+        for name, loop in LOOPS.items():  # each background loop: failing now, and how long since it last worked
+            checks[f"loop:{name}"] = loop.state()
         return checks
 
     async def stop(self) -> None:

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     log_level: str = "info"
     pool_min_size: int = 2
     pool_max_size: int = 20
+    connect_timeout_seconds: float = 5.0  # a new database connection, at most
+    statement_timeout_seconds: float = 10.0  # any one statement, at most; then 503 (or a loop's retry)
     command_retries: int = 8
     poll_interval_seconds: float = 1.0
     auth_failures_per_minute: int = 60  # per client address; then 429 RATE_LIMITED until the window clears

@@ -18,6 +18,7 @@ from schemas.saludya import SaludYaAppointment, SaludYaUpdate
 from services.gateway import handlers as h
 from services.gateway import inputs, registry, saludya
 from services.logs import log
+from services.store.eventstore import DATABASE_UNAVAILABLE
 from services.gateway.backend import Backend
 
 BACKEND = web.AppKey("backend", Backend)
@@ -123,6 +124,22 @@ ROUTES: list[Route] = [
 ]
 
 
+class _Throttled:
+    """One warning per `every` seconds while the database stays unavailable, with how many requests it cost."""
+
+    def __init__(self, every: float = 5.0):
+        self.every, self.count, self.last = every, 0, 0.0
+
+    def seen(self, exc: BaseException) -> None:
+        self.count += 1
+        if time.monotonic() - self.last >= self.every:
+            log.warning("database unavailable; answering 503", error=repr(exc)[:300], requests=self.count)
+            self.count, self.last = 0, time.monotonic()
+
+
+_UNAVAILABLE = _Throttled()
+
+
 def _endpoint(route: Route):
     errors = saludya.error_response if route.style == "saludya" else error_response
 
@@ -151,6 +168,11 @@ def _endpoint(route: Route):
         except DomainError as exc:
             status = exc.status
             return errors(exc.status, exc.code, exc.message, exc.details, exc.extra, exc.headers)
+        except DATABASE_UNAVAILABLE as exc:  # down, restarting or stalled: say so, and when to come back
+            status = 503
+            _UNAVAILABLE.seen(exc)
+            return errors(503, "SERVICE_UNAVAILABLE", "the database is unavailable; retry shortly", {},
+                          None, {"Retry-After": "1"})
         finally:
             REQUESTS.labels(route.path, str(status)).inc()
             LATENCY.labels(route.path).observe(time.perf_counter() - started)

@@ -130,6 +130,12 @@ class LocalPostgres:
                 return
             time.sleep(0.1)
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (fault tests); start() brings it back on the same port."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)  # fast shutdown: roll back clients, checkpoint, exit

@@ -13,6 +13,15 @@ import asyncpg
 import orjson
 
 
+# The database is not there (down, restarting, stalled past a timeout, out of connections): the caller answers
+# 503 SERVICE_UNAVAILABLE, or a loop backs off and retries. Never a 500.
+# (InternalClientError: a pooled connection whose statement timed out as the server died is still busy when
+# it is released; the pool terminates it, and the caller is told the database is unavailable.)
+DATABASE_UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+                        asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, asyncpg.AdminShutdownError,
+                        asyncpg.CrashShutdownError, asyncpg.exceptions.InternalClientError)
+
+
 class ConcurrencyError(Exception):
     """A stream was not at the version the writer expected; nothing was appended."""
 
@@ -160,10 +169,13 @@ async def _release(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def create_pool(url: str, schema: str = "public", min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+async def create_pool(url: str, schema: str = "public", min_size: int = 2, max_size: int = 20,
+                      connect_timeout: float = 5.0, statement_timeout: float = 10.0) -> asyncpg.Pool:
+    """Bounded waits: connecting takes at most `connect_timeout`, any statement `statement_timeout` (then the
+    caller sees TimeoutError: the database is unavailable)."""
     return await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=init_connection, reset=_release,
-        server_settings={"search_path": schema, "application_name": "slotledger"},
+        url, min_size=min_size, max_size=max_size, init=init_connection, reset=_release, timeout=connect_timeout,
+        command_timeout=statement_timeout, server_settings={"search_path": schema, "application_name": "slotledger"},
     )
 
 
@@ -306,8 +318,7 @@ class LogWaker:
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        self._conn = await asyncpg.connect(self.url)
-        await self._conn.add_listener(self.store.channel, self._on_notify)
+        await self._connect()
         self.store.on_commit(self._committed)
         self._task = asyncio.create_task(self._notify_others(), name="log-notify")
 
@@ -330,14 +341,27 @@ class LogWaker:
             flag.set()
 
     async def _notify_others(self) -> None:
+        from services.loops import health
+
+        loop = health("log-waker")
         while True:
             await self._pending.wait()
             self._pending.clear()
             try:
-                await self._conn.execute("SELECT pg_notify($1, $2)", self.store.channel, self._token)
-            except (asyncpg.PostgresError, OSError):
-                pass  # the other processes' readers poll
+                if self._conn is None or self._conn.is_closed():  # the database restarted: listen again
+                    await self._connect()
+                await self._conn.execute("SELECT pg_notify($1, $2)", self.store.channel, self._token, timeout=5)
+                loop.ok()
+            except Exception as exc:  # the other processes' readers poll meanwhile
+                self._conn = None
+                self._pending.set()
+                await loop.failed(exc)
             await asyncio.sleep(self.coalesce)
+
+    async def _connect(self) -> None:
+        self._conn = await asyncpg.connect(self.url, timeout=5)
+        await self._conn.add_listener(self.store.channel, self._on_notify)
+        self.poke()  # what was written while we were not listening
 
     async def stop(self) -> None:
         if self._task is not None:
