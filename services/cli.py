@@ -63,6 +63,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
             info["demo"] = await seed_demo(runtime)
         write_stack_file(settings, info)
+        supervisor = asyncio.get_running_loop().create_task(stack.supervise(), name="local-servers")
+        runtime.on_stop(supervisor.cancel)
         print(json.dumps(info, indent=2), flush=True)
         print(f"slotledger is up: {runtime.http_url}/readyz (Ctrl-C stops everything)", flush=True)
 

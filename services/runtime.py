@@ -61,6 +61,7 @@ class Runtime:
     http_url: str | None = None
     _runner: web.AppRunner | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
+    _on_stop: list = field(default_factory=list)
 
     async def start(self) -> None:
         s = self.settings
@@ -129,7 +130,12 @@ class Runtime:
             checks[f"loop:{name}"] = loop.state()
         return checks
 
+    def on_stop(self, callback) -> None:
+        self._on_stop.append(callback)
+
     async def stop(self) -> None:
+        for callback in self._on_stop:
+            callback()
         if self.ingestor is not None:  # first: it finishes and commits the batch in hand
             await self.ingestor.stop()
         if self.relay is not None:

@@ -97,18 +97,22 @@ def ensure_jars() -> Path:
 class LocalKafka:
     data_dir: Path
     port: int = 0
+    controller_port: int = 0
     process: subprocess.Popen | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90.0) -> "LocalKafka":
+    def start(self, timeout: float = 90.0, fresh: bool = True) -> "LocalKafka":
+        """`fresh`: format new storage (a new start); else restart on the same ports and data (a crash)."""
         lib = ensure_jars()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._stop_leftover()
         self.port = self.port or free_port()
-        controller_port = free_port()
+        if fresh or not self.controller_port:
+            self.controller_port = free_port()
+        controller_port = self.controller_port
         log_dirs = self.data_dir / "logs"
         properties = self.data_dir / "server.properties"
         properties.write_text("\n".join([
@@ -136,18 +140,19 @@ class LocalKafka:
         log4j.write_text(_LOG4J2)
         java = ["java", "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{lib}/*"]
-        # The quorum voters (and so the ports) are in the formatted metadata: format afresh each start.
-        shutil.rmtree(log_dirs, ignore_errors=True)
-        cluster_id = subprocess.run([*java, "kafka.tools.StorageTool", "random-uuid"],
-                                    check=True, capture_output=True, text=True).stdout.strip()
-        subprocess.run([*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties),
-                        "--ignore-formatted"], check=True, capture_output=True, text=True)
+        if fresh:  # the quorum voters (and so the ports) are in the formatted metadata: format afresh
+            shutil.rmtree(log_dirs, ignore_errors=True)
+            cluster_id = subprocess.run([*java, "kafka.tools.StorageTool", "random-uuid"],
+                                        check=True, capture_output=True, text=True).stdout.strip()
+            subprocess.run([*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties),
+                            "--ignore-formatted"], check=True, capture_output=True, text=True)
         log_path = self.data_dir / "broker.log"
-        log = open(log_path, "wb")
+        started_at = log_path.stat().st_size if log_path.exists() and not fresh else 0
+        log = open(log_path, "ab" if not fresh else "wb")
         self.process = subprocess.Popen([*java, "kafka.Kafka", str(properties)], stdout=log, stderr=log,
                                         start_new_session=True)
         (self.data_dir / "broker.pid").write_text(str(self.process.pid))
-        wait_for(lambda: port_open(self.port) and b"Kafka Server started" in log_path.read_bytes(),
+        wait_for(lambda: port_open(self.port) and b"Kafka Server started" in log_path.read_bytes()[started_at:],
                  timeout, what=f"Kafka broker on {self.bootstrap}", process=self.process, log=log_path)
         return self
 

@@ -5,6 +5,7 @@ checkout find the running stack without flags.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import dataclass, field
@@ -45,6 +46,24 @@ class LocalStack:
             self.stop()
             raise
         return self.settings.model_copy(update=updates)
+
+    async def supervise(self, every: float = 1.0) -> None:
+        """Restart a local server that died (a crash, an OOM kill), on the same port and data, saying so."""
+        from services.logs import log
+
+        while True:
+            await asyncio.sleep(every)
+            for name, server, restart in (
+                    ("PostgreSQL", self.postgres, lambda: self.postgres.start()),
+                    ("Kafka broker", self.kafka, lambda: self.kafka.start(fresh=False))):
+                if server is None or server.process is None or server.process.poll() is None:
+                    continue
+                code = server.process.returncode
+                try:
+                    await asyncio.to_thread(restart)
+                    log.warning(f"local {name} exited; restarted it", exit_code=code)
+                except Exception as exc:  # try again on the next round
+                    log.error(f"local {name} exited and did not restart", exit_code=code, error=repr(exc))
 
     def stop(self) -> None:
         if self.kafka:

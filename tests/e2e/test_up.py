@@ -44,17 +44,60 @@ def test_up_runs_everything_locally_and_ctrl_c_stops_it_all(checkout, runs):
         _up_once(cwd, env)
 
 
-def _up_once(cwd, env):
-    cli = [sys.executable, "-m", "services.cli"]
-    proc = subprocess.Popen([*cli, "up", "--demo"], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+CLI = [sys.executable, "-m", "services.cli"]
+
+
+def _start(cwd, env) -> subprocess.Popen:
+    # Logs to a file, not a pipe nobody reads while it runs: a full pipe would block the service.
+    proc = subprocess.Popen([*CLI, "up", "--demo"], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(cwd / "up.log", "w"), text=True)
+    deadline = time.monotonic() + 180
+    while not (cwd / ".slotledger" / "stack.json").exists():
+        assert proc.poll() is None, (cwd / "up.log").read_text()
+        assert time.monotonic() < deadline, "slotledger up did not come up"
+        time.sleep(0.5)
+    return proc
+
+
+def _ready_within(url: str, seconds: float) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            code, body = _get(url + "/readyz")
+        except OSError:
+            code, body = 0, {}
+        if code == 200 or time.monotonic() > deadline:
+            return body
+        time.sleep(0.5)
+
+
+def test_up_restarts_a_local_server_that_dies_and_says_so(checkout):
+    cwd, env = checkout
+    proc = _start(cwd, env)
     try:
-        deadline = time.monotonic() + 180
-        stack = cwd / ".slotledger" / "stack.json"
-        while not stack.exists():
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "slotledger up did not come up"
-            time.sleep(0.5)
+        info = json.loads((cwd / ".slotledger" / "stack.json").read_text())
+        assert _ready_within(info["http_url"], 60).get("status") == "ready"
+        pg_pid = int((cwd / ".slotledger" / "postgres" / "postmaster.pid").read_text().split()[0])
+        kafka_pid = int((cwd / ".slotledger" / "kafka" / "broker.pid").read_text())
+        os.kill(pg_pid, signal.SIGKILL)
+        os.kill(kafka_pid, signal.SIGKILL)
+        time.sleep(2)
+        body = _ready_within(info["http_url"], 120)
+        assert body.get("status") == "ready", body
+        assert int((cwd / ".slotledger" / "kafka" / "broker.pid").read_text()) != kafka_pid
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    err = (cwd / "up.log").read_text()
+    assert proc.returncode == 0, err
+    assert "local PostgreSQL exited; restarted it" in err and "local Kafka broker exited; restarted it" in err, err
+
+
+def _up_once(cwd, env):
+    cli = CLI
+    proc = _start(cwd, env)
+    stack = cwd / ".slotledger" / "stack.json"
+    try:
         status = subprocess.run([*cli, "status", "--json"], cwd=cwd, env=env, capture_output=True, text=True)
         assert status.returncode == 0, status.stderr
         info = json.loads(status.stdout)
@@ -87,7 +130,7 @@ def _up_once(cwd, env):
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
-    assert proc.returncode == 0, proc.stderr.read()
+    assert proc.returncode == 0, (cwd / "up.log").read_text()
     for pid in (pg_pid, kafka_pid):
         for _ in range(50):
             if not _alive(pid):
