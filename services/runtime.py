@@ -74,7 +74,7 @@ class Runtime:
         if applied:
             log.info("migrated", applied=applied)
         self.pool = await create_pool(s.database_url, s.database_schema, s.pool_min_size, s.pool_max_size,
-                                      s.connect_timeout_seconds, s.statement_timeout_seconds)
+                                      s.connect_timeout_seconds, s.statement_timeout_seconds, s.acquire_timeout_seconds)
         self.store = EventStore(self.pool, s.database_schema)
         await rebuild_after_migrations(self.pool, self.store, applied)
         self.waker = LogWaker(self.store, s.database_url)

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     pool_min_size: int = 2
     pool_max_size: int = 20
+    acquire_timeout_seconds: float = 5.0  # waiting for a pooled database connection, at most
     connect_timeout_seconds: float = 5.0  # a new database connection, at most
     statement_timeout_seconds: float = 10.0  # any one statement, at most; then 503 (or a loop's retry)
     command_retries: int = 8

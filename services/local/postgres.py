@@ -136,6 +136,24 @@ class LocalPostgres:
             self.process.kill()
             self.process.wait()
 
+    def signal_all(self, sig: int) -> None:
+        """Signal the server and every process it forked (its backends start sessions of their own, so a
+        process-group signal would miss them): SIGSTOP/SIGCONT stall and resume the whole server (fault tests)."""
+        pid = self.process.pid
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:  # the parent pid
+                children.append(int(stat.parent.name))
+        for target in (pid, *children):
+            try:
+                os.kill(target, sig)
+            except ProcessLookupError:
+                pass
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)  # fast shutdown: roll back clients, checkpoint, exit

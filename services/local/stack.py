@@ -59,11 +59,11 @@ class LocalStack:
                 if server is None or server.process is None or server.process.poll() is None:
                     continue
                 code = server.process.returncode
+                log.warning(f"local {name} exited; restarting it", exit_code=code)
                 try:
                     await asyncio.to_thread(restart)
-                    log.warning(f"local {name} exited; restarted it", exit_code=code)
                 except Exception as exc:  # try again on the next round
-                    log.error(f"local {name} exited and did not restart", exit_code=code, error=repr(exc))
+                    log.error(f"local {name} did not restart; trying again", error=repr(exc))
 
     def stop(self) -> None:
         if self.kafka:

@@ -169,14 +169,28 @@ async def _release(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
+class BoundedPool(asyncpg.Pool):
+    """asyncpg's pool, with a bound on waiting for a connection: when the database stalls, every connection is
+    busy and callers would otherwise queue for as long as the stall lasts."""
+    acquire_timeout: float = 5.0
+
+    def acquire(self, *, timeout: float | None = None):
+        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+
 async def create_pool(url: str, schema: str = "public", min_size: int = 2, max_size: int = 20,
-                      connect_timeout: float = 5.0, statement_timeout: float = 10.0) -> asyncpg.Pool:
-    """Bounded waits: connecting takes at most `connect_timeout`, any statement `statement_timeout` (then the
-    caller sees TimeoutError: the database is unavailable)."""
-    return await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=init_connection, reset=_release, timeout=connect_timeout,
-        command_timeout=statement_timeout, server_settings={"search_path": schema, "application_name": "slotledger"},
-    )
+                      connect_timeout: float = 5.0, statement_timeout: float = 10.0,
+                      acquire_timeout: float = 5.0) -> asyncpg.Pool:
+    """Bounded waits: a connection from the pool within `acquire_timeout`, a new one within `connect_timeout`,
+    any statement within `statement_timeout`; past any of them the caller sees TimeoutError (the database is
+    unavailable: a 503, or a loop's retry)."""
+    pool = BoundedPool(
+        url, min_size=min_size, max_size=max_size, max_queries=50_000, max_inactive_connection_lifetime=300.0,
+        loop=None, connect=None, setup=None, init=init_connection, reset=_release,
+        connection_class=asyncpg.Connection, record_class=asyncpg.Record, timeout=connect_timeout,
+        command_timeout=statement_timeout, server_settings={"search_path": schema, "application_name": "slotledger"})
+    pool.acquire_timeout = acquire_timeout
+    return await pool
 
 
 def _row_to_event(row: asyncpg.Record) -> StoredEvent:

@@ -90,7 +90,7 @@ def test_up_restarts_a_local_server_that_dies_and_says_so(checkout):
         proc.wait(60)
     err = (cwd / "up.log").read_text()
     assert proc.returncode == 0, err
-    assert "local PostgreSQL exited; restarted it" in err and "local Kafka broker exited; restarted it" in err, err
+    assert "local PostgreSQL exited; restarting it" in err and "local Kafka broker exited; restarting it" in err, err
 
 
 def _up_once(cwd, env):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections import Counter
 
@@ -29,10 +30,15 @@ async def own_postgres(work_dir):
     server.remove()
 
 
-async def test_postgres_killed_and_restarted_under_load(own_postgres, tmp_path):
+@pytest.mark.parametrize("fault", ["SIGKILL and restart", "SIGSTOP and SIGCONT"])
+async def test_postgres_gone_and_back_under_load(own_postgres, tmp_path, fault):
+    """SIGKILL: a crash, then a restart. SIGSTOP of the whole server (every backend): a stall longer than the
+    statement timeout, then it resumes."""
     pg = own_postgres
+    down_for = DOWN_FOR if fault.startswith("SIGKILL") else 2 * DOWN_FOR  # a stall past the 3 s statement timeout
     settings = Settings(database_url=pg.url, http_port=0, kafka_bootstrap=None, auth_failures_per_minute=10**6,
                         poll_interval_seconds=0.2, connect_timeout_seconds=2, statement_timeout_seconds=3,
+                        acquire_timeout_seconds=2,
                         state_dir=tmp_path)
     rt = Runtime(settings, components=("gateway",))
     await rt.start()
@@ -67,15 +73,21 @@ async def test_postgres_killed_and_restarted_under_load(own_postgres, tmp_path):
 
             ready_after = None
 
-            async def fault() -> None:
+            async def inject() -> None:
                 nonlocal ready_after
                 await asyncio.sleep(KILL_AT)
-                pg.kill()
-                await asyncio.sleep(DOWN_FOR)
+                if fault.startswith("SIGKILL"):
+                    pg.kill()
+                else:
+                    pg.signal_all(signal.SIGSTOP)  # the server and all its backends
+                await asyncio.sleep(down_for)
                 async with session.get(rt.http_url + "/readyz") as resp:  # says which dependency is down
                     down = await resp.json()
                     assert resp.status == 503 and down["checks"]["postgres"]["ok"] is False, down
-                await asyncio.to_thread(pg.start)
+                if fault.startswith("SIGKILL"):
+                    await asyncio.to_thread(pg.start)
+                else:
+                    pg.signal_all(signal.SIGCONT)
                 back_at.append(time.monotonic())
                 for _ in range(200):
                     async with session.get(rt.http_url + "/readyz") as resp:
@@ -84,12 +96,12 @@ async def test_postgres_killed_and_restarted_under_load(own_postgres, tmp_path):
                             return
                     await asyncio.sleep(0.05)
 
-            await asyncio.gather(fault(), *(client(c) for c in range(8)))
-            print(f"\npostgres SIGKILL for {DOWN_FOR}s under 8 clients: outcomes {dict(outcomes)}; "
+            await asyncio.gather(inject(), *(client(c) for c in range(8)))
+            print(f"\npostgres {fault} ({down_for}s) under 8 clients: outcomes {dict(outcomes)}; "
                   f"first 201 {first_ok_after}s after restart; /readyz postgres ok after {ready_after}s")
 
             assert not any(status == 500 for status, *_ in (k for k in outcomes if isinstance(k, tuple))), outcomes
-            assert outcomes[(503, "SERVICE_UNAVAILABLE")] > 0, outcomes  # it was down, and said so
+            assert outcomes[(503, "SERVICE_UNAVAILABLE")] > 8, outcomes  # it was down, and every client was told
             assert first_ok_after and first_ok_after[0] < 10, (first_ok_after, outcomes)
             assert ready_after is not None and ready_after < 10
             reads = {k[1]: n for k, n in outcomes.items() if k[0] == "read after write"}
