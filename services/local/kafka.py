@@ -165,6 +165,12 @@ class LocalKafka:
                 pass
             pid_file.unlink(missing_ok=True)
 
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash would (fault tests); start(fresh=False) brings it back."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
