@@ -98,6 +98,13 @@ class Relay:
             await wait_flag(flag, self.settings.poll_interval_seconds)
             await asyncio.sleep(0.005)  # let a burst of commits land: one batch, one produce round
 
+    async def lag(self) -> int:
+        """How many events the log holds past the relay's checkpoint."""
+        async with self.pool.acquire() as conn:
+            return await conn.fetchval(
+                "SELECT count(*) FROM events WHERE global_position > coalesce((SELECT global_position FROM"
+                " checkpoints WHERE name = $1), 0)", CHECKPOINT, timeout=2)
+
     async def relay_batch(self) -> int:
         """Publish the next batch and move the checkpoint; returns how many events were published."""
         topic = self.settings.topic("events")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client import Gauge
 
 from services.aio import cancel_all
 from services.handler import CommandHandler
@@ -24,6 +25,7 @@ from services.store.eventstore import EventStore, LogWaker, create_pool
 from services.store.migrate import migrate
 
 COMPONENTS = ("gateway", "projectors", "ingestor", "relay")
+RELAY_LAG = Gauge("slotledger_relay_lag_events", "Events in the log not yet on the events topic (at the last /readyz)")
 
 
 async def ensure_topics(admin: AIOKafkaAdminClient, settings: Settings) -> None:
@@ -128,6 +130,13 @@ class Runtime:
                 checks["kafka"] = {"ok": False, "error": str(exc) or type(exc).__name__}
         for name, loop in LOOPS.items():  # each background loop: failing now, and how long since it last worked
             checks[f"loop:{name}"] = loop.state()
+        if self.relay is not None and checks["postgres"]["ok"]:
+            try:
+                lag = await self.relay.lag()
+                RELAY_LAG.set(lag)
+                checks.setdefault("loop:relay", {"ok": True})["lag_events"] = lag
+            except Exception as exc:  # readiness reports, never raises
+                checks.setdefault("loop:relay", {"ok": True})["lag_error"] = repr(exc)[:200]
         return checks
 
     def on_stop(self, callback) -> None:

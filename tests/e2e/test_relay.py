@@ -58,6 +58,14 @@ async def test_http_booking_reaches_the_events_topic_and_kafka_booking_reaches_h
     records = await read_topic(kafka_bootstrap, rt.settings.topic("events"),
                                lambda recs: {http_id, kafka_id} <= booked(recs), 60)
     assert {http_id, kafka_id} <= booked(records)
+    for _ in range(50):  # /readyz shows every loop, and the relay's lag: nothing left to publish
+        async with http.get(rt.http_url + "/readyz") as resp:
+            ready = await resp.json()
+        if ready["checks"]["loop:relay"].get("lag_events") == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert resp.status == 200 and ready["checks"]["loop:relay"]["lag_events"] == 0, ready
+    assert {"loop:relay", "loop:ingestor", "loop:log-waker"} <= set(ready["checks"])
     for record in records:
         body = json.loads(record.value)
         _assert_valid_cloud_event(body)
