@@ -47,6 +47,7 @@ async def test_postgres_gone_and_back_under_load(own_postgres, tmp_path, fault):
             api = await setup_clinic(await new_org(rt, session), max_slots=CAPACITY)
             outcomes: Counter = Counter()
             acknowledged: list[str] = []
+            expected: dict[str, tuple[str, str]] = {}  # what every acknowledged write left each appointment as
             first_ok_after: list[float] = []
             started = time.monotonic()
             back_at: list[float] = []
@@ -64,11 +65,22 @@ async def test_postgres_gone_and_back_under_load(own_postgres, tmp_path, fault):
                     code = b["error"]["code"] if status >= 400 else status
                     outcomes[(status, code)] += 1
                     if status == 201:
-                        acknowledged.append(b["appointment_id"])
+                        appointment_id = b["appointment_id"]
+                        acknowledged.append(appointment_id)
+                        expected[appointment_id] = ("confirmed", b["data"]["date"])
                         if back_at and not first_ok_after:
                             first_ok_after.append(time.monotonic() - back_at[0])
-                        status, got = await api.get(f"/v1/appointments/{b['appointment_id']}")
+                        status, got = await api.get(f"/v1/appointments/{appointment_id}")
                         outcomes[("read after write", status)] += 1
+                        if n % 3 == 0:  # mixed load: reschedules and cancels too
+                            change = {"appointment_date": local_at(api, 2 + (n + 7) % 27, ("09:45", "17:45")[c % 2])} \
+                                if n % 2 else {"status": "cancelled"}
+                            status, moved = await api.patch(f"/v1/appointments/{appointment_id}", change)
+                            outcomes[("update", status if status < 400 else moved["error"]["code"])] += 1
+                            if status == 200:
+                                expected[appointment_id] = (moved["data"]["status"], moved["data"]["date"])
+                            elif status == 503:  # it may have committed as the server died: not known
+                                expected.pop(appointment_id)
                     await asyncio.sleep(0.01 if status != 503 else 0.05)
 
             ready_after = None
@@ -111,10 +123,14 @@ async def test_postgres_gone_and_back_under_load(own_postgres, tmp_path, fault):
                 logged = {r["id"] for r in await conn.fetch(
                     "SELECT data->'appointment'->>'appointment_id' AS id FROM events"
                     " WHERE event_type = 'appointment.booked'")}
-                projected = {r["appointment_id"] for r in await conn.fetch("SELECT appointment_id FROM rm_appointments")}
+                rows = await conn.fetch("SELECT appointment_id, status, date FROM rm_appointments")
+                projected = {r["appointment_id"] for r in rows}
+                now_as = {r["appointment_id"]: (r["status"], r["date"].isoformat()) for r in rows}
                 per_day = await conn.fetch("SELECT window_id, date, count(*) AS n FROM rm_schedule_bookings"
                                            " GROUP BY window_id, date")
             assert set(acknowledged) <= logged and set(acknowledged) <= projected
+            assert {a: now_as[a] for a in expected} == expected  # every acknowledged change, as answered
+            assert not any(k[0] == "update" and k[1] == "INTERNAL_ERROR" for k in outcomes if isinstance(k, tuple))
             assert all(row["n"] <= CAPACITY for row in per_day), [dict(r) for r in per_day]
     finally:
         await rt.stop()
