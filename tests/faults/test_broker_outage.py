@@ -18,6 +18,7 @@ from services.runtime import Runtime
 from services.settings import Settings
 from tests.builders import create_body
 from tests.e2e.conftest import local_at, new_org, setup_clinic
+from tests.faults.invariants import violations
 from tests.e2e.kafka import command, encoded, publish, read_topic, results_by_command
 
 COMMANDS = 600
@@ -82,6 +83,8 @@ async def test_broker_killed_and_restarted_under_load(pg_url, schema, own_broker
             async with rt.pool.acquire() as conn:
                 logged = {str(r["event_id"]) for r in await conn.fetch("SELECT event_id FROM events")}
                 booked = await conn.fetchval("SELECT count(*) FROM events WHERE event_type = 'appointment.booked'")
+                broken = await violations(conn, 200)
+            assert not any(broken.values()), broken
             events = await read_topic(broker.bootstrap, settings.topic("events"),
                                       lambda recs: logged <= {json.loads(r.value)["id"] for r in recs}, 120)
             relayed = Counter(json.loads(r.value)["id"] for r in events)

@@ -17,6 +17,7 @@ from services.runtime import Runtime
 from services.settings import Settings
 from tests.builders import create_body
 from tests.e2e.conftest import local_at, new_org, setup_clinic
+from tests.faults.invariants import violations
 
 CAPACITY = 60
 LOAD_SECONDS = 14
@@ -128,7 +129,9 @@ async def test_postgres_gone_and_back_under_load(own_postgres, tmp_path, fault):
                 now_as = {r["appointment_id"]: (r["status"], r["date"].isoformat()) for r in rows}
                 per_day = await conn.fetch("SELECT window_id, date, count(*) AS n FROM rm_schedule_bookings"
                                            " GROUP BY window_id, date")
+                broken = await violations(conn, CAPACITY)
             assert set(acknowledged) <= logged and set(acknowledged) <= projected
+            assert not any(broken.values()), broken
             assert {a: now_as[a] for a in expected} == expected  # every acknowledged change, as answered
             assert not any(k[0] == "update" and k[1] == "INTERNAL_ERROR" for k in outcomes if isinstance(k, tuple))
             assert all(row["n"] <= CAPACITY for row in per_day), [dict(r) for r in per_day]

@@ -17,6 +17,7 @@ import pytest
 from services.local.ports import free_port
 from tests.builders import create_body
 from tests.e2e.conftest import Api, local_at, new_org, setup_clinic
+from tests.faults.invariants import violations
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,6 +94,8 @@ async def test_a_gateway_process_stopped_mid_write_loses_no_acknowledged_booking
         counted = await conn.fetchval("SELECT count(*) FROM rm_schedule_bookings")
         keys = await conn.fetchval("SELECT count(*) FROM booking_keys")
         streams = await conn.fetchval("SELECT count(*) FROM appointment_streams")
+        broken = await violations(conn, 200)
+    assert not any(broken.values()), broken
     assert set(acknowledged) <= logged  # every 201 it sent is in the log…
     if how == "SIGTERM":  # …and it drained: every booking it made was answered (requests cut off on idle
         assert logged == set(acknowledged)  # keep-alive connections as it stopped were never taken)

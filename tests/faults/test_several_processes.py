@@ -18,6 +18,7 @@ from services.local.ports import free_port
 from tests.builders import create_body
 from tests.e2e.conftest import Api, local_at, new_org, setup_clinic
 from tests.e2e.kafka import command, encoded, publish, read_topic, results_by_command
+from tests.faults.invariants import violations
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPACITY = 30
@@ -112,4 +113,6 @@ async def test_two_services_and_a_rebalance_share_one_hot_window_day_and_one_doc
             "SELECT count(*) FROM doctor_bookings a JOIN doctor_bookings b ON a.doctor = b.doctor"
             " AND a.appointment_id < b.appointment_id AND a.starts_at < b.ends_at AND b.starts_at < a.ends_at")
         logged = await conn.fetchval("SELECT count(*) FROM events WHERE event_type = 'appointment.booked'")
+        broken = await violations(conn, CAPACITY)
+    assert not any(broken.values()), broken
     assert active == logged == CAPACITY and overlaps == 0
