@@ -146,6 +146,15 @@ class Ingestor:
                             self._consumer.seek(tp, records[0].offset)
                     await loop.failed(exc)
 
+    async def lag(self) -> int:
+        """Commands on the broker not yet taken, over this consumer's partitions (as of its last fetch)."""
+        total = 0
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is not None:
+                total += max(0, high - await asyncio.wait_for(self._consumer.position(tp), 1))
+        return total
+
     async def stop(self) -> None:
         """Finish the batch in hand (its results are produced and its offsets committed), then leave the group."""
         self._stopping = True

@@ -25,6 +25,7 @@ from services.store.eventstore import EventStore, LogWaker, create_pool
 from services.store.migrate import migrate
 
 COMPONENTS = ("gateway", "projectors", "ingestor", "relay")
+INGEST_LAG = Gauge("slotledger_ingestor_lag_messages", "Commands on the broker not yet taken (at the last /readyz)")
 RELAY_LAG = Gauge("slotledger_relay_lag_events", "Events in the log not yet on the events topic (at the last /readyz)")
 
 
@@ -130,6 +131,13 @@ class Runtime:
                 checks["kafka"] = {"ok": False, "error": str(exc) or type(exc).__name__}
         for name, loop in LOOPS.items():  # each background loop: failing now, and how long since it last worked
             checks[f"loop:{name}"] = loop.state()
+        if self.ingestor is not None:
+            try:
+                lag = await self.ingestor.lag()
+                INGEST_LAG.set(lag)
+                checks.setdefault("loop:ingestor", {"ok": True})["lag_messages"] = lag
+            except Exception as exc:  # readiness reports, never raises
+                checks.setdefault("loop:ingestor", {"ok": True})["lag_error"] = repr(exc)[:200]
         if self.relay is not None and checks["postgres"]["ok"]:
             try:
                 lag = await self.relay.lag()

@@ -66,6 +66,7 @@ async def test_http_booking_reaches_the_events_topic_and_kafka_booking_reaches_h
         await asyncio.sleep(0.1)
     assert resp.status == 200 and ready["checks"]["loop:relay"]["lag_events"] == 0, ready
     assert {"loop:relay", "loop:ingestor", "loop:log-waker"} <= set(ready["checks"])
+    assert ready["checks"]["loop:ingestor"]["lag_messages"] == 0  # the one command was taken
     for record in records:
         body = json.loads(record.value)
         _assert_valid_cloud_event(body)

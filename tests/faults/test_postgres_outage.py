@@ -17,6 +17,7 @@ from services.runtime import Runtime
 from services.settings import Settings
 from tests.builders import create_body
 from tests.e2e.conftest import local_at, new_org, setup_clinic
+from tests.e2e.kafka import command, encoded, publish, read_topic, results_by_command
 from tests.faults.invariants import violations
 
 CAPACITY = 60
@@ -32,16 +33,17 @@ async def own_postgres(work_dir):
 
 
 @pytest.mark.parametrize("fault", ["SIGKILL and restart", "SIGSTOP and SIGCONT"])
-async def test_postgres_gone_and_back_under_load(own_postgres, tmp_path, fault):
+async def test_postgres_gone_and_back_under_load(own_postgres, tmp_path, fault, kafka_bootstrap, topic_prefix):
     """SIGKILL: a crash, then a restart. SIGSTOP of the whole server (every backend): a stall longer than the
     statement timeout, then it resumes."""
     pg = own_postgres
     down_for = DOWN_FOR if fault.startswith("SIGKILL") else 2 * DOWN_FOR  # a stall past the 3 s statement timeout
-    settings = Settings(database_url=pg.url, http_port=0, kafka_bootstrap=None, auth_failures_per_minute=10**6,
+    settings = Settings(database_url=pg.url, http_port=0, kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix,
+                        auth_failures_per_minute=10**6,
                         poll_interval_seconds=0.2, connect_timeout_seconds=2, statement_timeout_seconds=3,
                         acquire_timeout_seconds=2,
                         state_dir=tmp_path)
-    rt = Runtime(settings, components=("gateway",))
+    rt = Runtime(settings, components=("gateway", "ingestor"))
     await rt.start()
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
@@ -109,14 +111,39 @@ async def test_postgres_gone_and_back_under_load(own_postgres, tmp_path, fault):
                             return
                     await asyncio.sleep(0.05)
 
-            await asyncio.gather(inject(), *(client(c) for c in range(8)))
+            sent: list[str] = []
+
+            async def over_kafka() -> None:  # creates, and changes of bookings made over HTTP, through the fault
+                for wave in range(LOAD_SECONDS * 2):
+                    batch = [command(api.org_id, "create_appointment", create_body(
+                        local_at(api, 2 + (wave + i) % 27, "10:30"), f"+1666{wave:03d}{i:03d}")) for i in range(10)]
+                    batch += [command(api.org_id, "update_appointment", {"notes": f"wave {wave}"},
+                                      appointment_id=a) for a in acknowledged[-5:]]
+                    try:
+                        await publish(kafka_bootstrap, settings.topic("commands"),
+                                      [encoded(c, c.get("appointment_id") or "new") for c in batch])
+                    except Exception:  # the producer's own trouble, not the service's: try the next wave
+                        continue
+                    sent.extend(c["command_id"] for c in batch)
+                    await asyncio.sleep(0.5)
+
+            await asyncio.gather(inject(), over_kafka(), *(client(c) for c in range(8)))
             print(f"\npostgres {fault} ({down_for}s) under 8 clients: outcomes {dict(outcomes)}; "
                   f"first 201 {first_ok_after}s after restart; /readyz postgres ok after {ready_after}s")
 
             assert not any(status == 500 for status, *_ in (k for k in outcomes if isinstance(k, tuple))), outcomes
-            assert outcomes[(503, "SERVICE_UNAVAILABLE")] > 8, outcomes  # it was down, and every client was told
+            told = sum(n for k, n in outcomes.items() if isinstance(k, tuple) and 503 in k or "SERVICE_UNAVAILABLE" in k)
+            assert told >= 8, outcomes  # it was down, and the clients were told (creates, reads or changes)
             assert first_ok_after and first_ok_after[0] < 10, (first_ok_after, outcomes)
             assert ready_after is not None and ready_after < 10
+            records = await read_topic(kafka_bootstrap, settings.topic("command-results"),
+                                       lambda recs: set(sent) <= set(results_by_command(recs)), 90)
+            results = results_by_command(records)
+            assert set(sent) <= set(results), f"{len(set(sent) - set(results))} commands got no result"
+            assert all(all(r == rs[0] for r in rs) for rs in results.values())  # one result per command
+            kafka = Counter(rs[0]["status"] if rs[0]["ok"] else rs[0]["error"]["code"] for rs in results.values())
+            print(f"Kafka through the fault: {len(sent)} commands, {dict(kafka)}")
+            assert "INTERNAL_ERROR" not in kafka and kafka[201] > 0
             reads = {k[1]: n for k, n in outcomes.items() if k[0] == "read after write"}
             assert set(reads) <= {200, 503} and sum(reads.values()) == len(acknowledged), reads  # never a 404
 
