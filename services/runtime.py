@@ -47,6 +47,16 @@ async def ensure_topics(admin: AIOKafkaAdminClient, settings: Settings) -> None:
         pass
 
 
+async def _measure_lag(checks: dict, loop: str, key: str, gauge: Gauge, measure) -> None:
+    """A loop's lag into its readiness entry and its gauge; readiness reports, never raises."""
+    entry = checks.setdefault(f"loop:{loop}", {"ok": True})
+    try:
+        entry[key] = await measure()
+        gauge.set(entry[key])
+    except Exception as exc:
+        entry[f"{key}_error"] = repr(exc)[:200]
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -132,19 +142,9 @@ class Runtime:
         for name, loop in LOOPS.items():  # each background loop: failing now, and how long since it last worked
             checks[f"loop:{name}"] = loop.state()
         if self.ingestor is not None:
-            try:
-                lag = await self.ingestor.lag()
-                INGEST_LAG.set(lag)
-                checks.setdefault("loop:ingestor", {"ok": True})["lag_messages"] = lag
-            except Exception as exc:  # readiness reports, never raises
-                checks.setdefault("loop:ingestor", {"ok": True})["lag_error"] = repr(exc)[:200]
+            await _measure_lag(checks, "ingestor", "lag_messages", INGEST_LAG, self.ingestor.lag)
         if self.relay is not None and checks["postgres"]["ok"]:
-            try:
-                lag = await self.relay.lag()
-                RELAY_LAG.set(lag)
-                checks.setdefault("loop:relay", {"ok": True})["lag_events"] = lag
-            except Exception as exc:  # readiness reports, never raises
-                checks.setdefault("loop:relay", {"ok": True})["lag_error"] = repr(exc)[:200]
+            await _measure_lag(checks, "relay", "lag_events", RELAY_LAG, self.relay.lag)
         return checks
 
     def on_stop(self, callback) -> None:
