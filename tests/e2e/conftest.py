@@ -1,6 +1,7 @@
 """The real service on real HTTP: a Runtime (gateway + projectors) on a free port, per test schema."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
@@ -106,6 +107,21 @@ def local_at(api: Api, days_ahead: int, hhmm: str) -> str:
 
 def local_date(api: Api, days_ahead: int) -> str:
     return (dt.datetime.now(ZoneInfo(api.tz)).date() + dt.timedelta(days=days_ahead)).isoformat()
+
+
+async def wait_healthy(session: aiohttp.ClientSession, url: str, proc=None, seconds: float = 60) -> None:
+    """Until a service process started by the test answers /healthz (failing if the process exits first)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        assert proc is None or proc.poll() is None, "the service process exited"
+        try:
+            async with session.get(url + "/healthz") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        assert asyncio.get_running_loop().time() < deadline, f"{url} did not start"
+        await asyncio.sleep(0.1)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from services.runtime import Runtime
 from services.settings import Settings
 from tests.builders import create_body
-from tests.e2e.conftest import local_at, local_date, new_org, setup_clinic
+from tests.e2e.conftest import local_at, local_date, new_org
 
 
 async def raw(api, request: bytes, read_timeout: float = 10) -> tuple[int, dict, dict]:

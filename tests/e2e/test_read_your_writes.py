@@ -7,7 +7,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from urllib.parse import quote
@@ -17,7 +16,7 @@ import pytest
 
 from services.local.ports import free_port
 from tests.builders import create_body
-from tests.e2e.conftest import Api, local_at, local_date, new_org, setup_clinic
+from tests.e2e.conftest import Api, local_at, local_date, new_org, setup_clinic, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = 20
@@ -38,17 +37,7 @@ async def two_gateways(pg_url, schema):
     try:
         async with aiohttp.ClientSession() as session:
             for url, proc in zip(urls, procs):
-                deadline = time.monotonic() + 60
-                while True:
-                    assert proc.poll() is None, proc.stderr.read().decode()
-                    try:
-                        async with session.get(url + "/healthz") as resp:
-                            if resp.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        pass
-                    assert time.monotonic() < deadline, "gateway did not start"
-                    await asyncio.sleep(0.1)
+                await wait_healthy(session, url, proc)
         yield urls
     finally:
         for proc in procs:

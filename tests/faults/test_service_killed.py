@@ -16,7 +16,7 @@ import pytest
 
 from services.local.ports import free_port
 from tests.builders import create_body
-from tests.e2e.conftest import Api, local_at, new_org, setup_clinic
+from tests.e2e.conftest import Api, local_at, new_org, setup_clinic, wait_healthy
 from tests.faults.invariants import violations
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,20 +28,6 @@ def _gateway(pg_url: str, schema: str, port: int) -> subprocess.Popen:
                SLOTLEDGER_LOG_LEVEL="warning", SLOTLEDGER_AUTH_FAILURES_PER_MINUTE="1000000")
     return subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--only", "gateway"], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-async def _until_up(session: aiohttp.ClientSession, url: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the gateway exited"
-        try:
-            async with session.get(url + "/healthz") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("the gateway did not start")
 
 
 async def _load(api: Api, seconds: float, outcomes: Counter, acknowledged: list[str], tag: int) -> None:
@@ -71,7 +57,7 @@ async def test_a_gateway_process_stopped_mid_write_loses_no_acknowledged_booking
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
             url = f"http://127.0.0.1:{port}"
-            await _until_up(session, url, proc)
+            await wait_healthy(session, url, proc)
             api = Api(session, url, setup.key, setup.org_id, setup.tz, setup.ids)
             outcomes: Counter = Counter()
             acknowledged: list[str] = []

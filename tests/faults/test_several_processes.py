@@ -16,7 +16,7 @@ import aiohttp
 
 from services.local.ports import free_port
 from tests.builders import create_body
-from tests.e2e.conftest import Api, local_at, new_org, setup_clinic
+from tests.e2e.conftest import Api, local_at, new_org, setup_clinic, wait_healthy
 from tests.e2e.kafka import command, encoded, publish, read_topic, results_by_command
 from tests.faults.invariants import violations
 
@@ -33,18 +33,6 @@ def _serve(components: str, pg_url: str, schema: str, bootstrap: str, prefix: st
                             stdout=subprocess.DEVNULL, stderr=open(log, "w"))
 
 
-async def _healthy(session: aiohttp.ClientSession, url: str) -> None:
-    for _ in range(300):
-        try:
-            async with session.get(url + "/healthz") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} did not start")
-
-
 async def test_two_services_and_a_rebalance_share_one_hot_window_day_and_one_doctor(
         runtime, http, pg_url, schema, kafka_bootstrap, topic_prefix, tmp_path):
     setup = await setup_clinic(await new_org(runtime, http), max_slots=CAPACITY)
@@ -56,7 +44,7 @@ async def test_two_services_and_a_rebalance_share_one_hot_window_day_and_one_doc
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             for port in ports:
-                await _healthy(session, f"http://127.0.0.1:{port}")
+                await wait_healthy(session, f"http://127.0.0.1:{port}", procs[ports.index(port)])
             apis = [Api(session, f"http://127.0.0.1:{p}", setup.key, setup.org_id, setup.tz, setup.ids) for p in ports]
             hot = [create_body(local_at(setup, 4, f"{9 + n % 3:02d}:{n % 4 * 15:02d}"), f"+1666{n:06d}",
                                **({"assigned_doctor": "dr. busy", "duration_minutes": 15} if n % 5 == 0 else {}))
