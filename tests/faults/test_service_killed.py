@@ -3,6 +3,7 @@ half-written; one stopped with SIGTERM answers the requests it holds before it e
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 from services.local.ports import free_port
 from tests.builders import create_body
 from tests.e2e.conftest import Api, local_at, new_org, setup_clinic, wait_healthy
+from tests.e2e.kafka import command, encoded, publish, read_topic, results_by_command
 from tests.faults.invariants import violations
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,8 +52,12 @@ async def _load(api: Api, seconds: float, outcomes: Counter, acknowledged: list[
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
-async def test_a_gateway_process_stopped_mid_write_loses_no_acknowledged_booking(runtime, http, how):
+async def test_a_gateway_process_stopped_mid_write_loses_no_acknowledged_booking(kafka_runtime, http, how,
+                                                                                 kafka_bootstrap):
+    runtime = kafka_runtime  # its ingestor and relay keep taking Kafka commands and publishing events meanwhile
     setup = await setup_clinic(await new_org(runtime, http), max_slots=200)
+    commands = [command(setup.org_id, "create_appointment", create_body(
+        local_at(setup, 2 + i % 25, "10:30"), f"+1777{i:06d}")) for i in range(200)]
     port = free_port()
     proc = _gateway(runtime.settings.database_url, runtime.settings.database_schema, port)
     try:
@@ -62,14 +68,25 @@ async def test_a_gateway_process_stopped_mid_write_loses_no_acknowledged_booking
             outcomes: Counter = Counter()
             acknowledged: list[str] = []
             load = [asyncio.create_task(_load(api, 4, outcomes, acknowledged, c)) for c in range(8)]
+            await publish(kafka_bootstrap, runtime.settings.topic("commands"),
+                          [encoded(c, f"day-{i % 25}") for i, c in enumerate(commands[:100])])
             await asyncio.sleep(1.5)
             proc.send_signal(signal.SIGKILL if how == "SIGKILL" else signal.SIGTERM)
+            await publish(kafka_bootstrap, runtime.settings.topic("commands"),
+                          [encoded(c, f"day-{i % 25}") for i, c in enumerate(commands[100:])])
             await asyncio.gather(*load)
             proc.wait(30)
+            wanted = {c["command_id"] for c in commands}
+            records = await read_topic(kafka_bootstrap, runtime.settings.topic("command-results"),
+                                       lambda recs: wanted <= set(results_by_command(recs)), 90)
+            results = results_by_command(records)
     finally:
         if proc.poll() is None:
             proc.kill()
-    print(f"\ngateway {how} mid-load: outcomes {dict(outcomes)}, {len(acknowledged)} acknowledged")
+    assert wanted <= set(results) and all(all(r == rs[0] for r in rs) for rs in results.values())
+    assert {results[c][0]["status"] for c in wanted} == {201}  # every Kafka create booked, once
+    print(f"\ngateway {how} mid-load: outcomes {dict(outcomes)}, {len(acknowledged)} acknowledged; "
+          f"{len(wanted)} Kafka commands answered once")
     assert 500 not in outcomes and acknowledged
     if how == "SIGTERM":
         assert proc.returncode == 0
@@ -83,7 +100,17 @@ async def test_a_gateway_process_stopped_mid_write_loses_no_acknowledged_booking
         broken = await violations(conn, 200)
     assert not any(broken.values()), broken
     assert set(acknowledged) <= logged  # every 201 it sent is in the log…
+    kafka_booked = {results[c][0]["data"]["appointment_id"] for c in wanted}
     if how == "SIGTERM":  # …and it drained: every booking it made was answered (requests cut off on idle
-        assert logged == set(acknowledged)  # keep-alive connections as it stopped were never taken)
+        assert logged - kafka_booked == set(acknowledged)  # keep-alive connections as it stopped were never taken)
     # …and nothing half-written: each booking in the log has all its rows, and no row lacks its booking
     assert logged == projected and counted == keys == streams == len(logged)
+    logged_ids = {str(r["event_id"]) for r in await _all_events(runtime)}
+    events = await read_topic(kafka_bootstrap, runtime.settings.topic("events"),
+                              lambda recs: logged_ids <= {json.loads(r.value)["id"] for r in recs}, 90)
+    assert logged_ids <= {json.loads(r.value)["id"] for r in events}  # 0 missing from the events topic
+
+
+async def _all_events(runtime):
+    async with runtime.pool.acquire() as conn:
+        return await conn.fetch("SELECT event_id FROM events")
