@@ -60,34 +60,38 @@ async def test_postgres_gone_and_back_under_load(own_postgres, tmp_path, fault, 
                 n = 0
                 while time.monotonic() - started < LOAD_SECONDS:
                     n += 1
-                    body = create_body(local_at(api, 2 + n % 27, ("09:30", "17:30")[c % 2]), f"+1777{c:03d}{n:05d}")
                     try:
-                        status, b = await api.post("/v1/appointments", body)
-                    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                        await one_round(c, n)
+                    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # the client's side: not an answer
                         outcomes[f"client error {type(exc).__name__}"] += 1
-                        continue
-                    code = b["error"]["code"] if status >= 400 else status
-                    outcomes[(status, code)] += 1
-                    if status == 201:
-                        appointment_id = b["appointment_id"]
-                        acknowledged.append(appointment_id)
-                        expected[appointment_id] = ("confirmed", b["data"]["date"])
-                        if back_at and not first_ok_after:
-                            first_ok_after.append(time.monotonic() - back_at[0])
-                        status, got = await api.get(f"/v1/appointments/{appointment_id}")
-                        outcomes[("read after write", status)] += 1
-                        if n % 3 == 0:  # mixed load: reschedules and cancels too
-                            change = {"appointment_date": local_at(api, 2 + (n + 7) % 27, ("09:45", "17:45")[c % 2])} \
-                                if n % 2 else {"status": "cancelled"}
-                            status, moved = await api.patch(f"/v1/appointments/{appointment_id}", change)
-                            outcomes[("update", status if status < 400 else moved["error"]["code"])] += 1
-                            if status == 200:
-                                expected[appointment_id] = (moved["data"]["status"], moved["data"]["date"])
-                            elif status == 503:  # it may have committed as the server died: not known
-                                expected.pop(appointment_id)
-                    await asyncio.sleep(0.01 if status != 503 else 0.05)
+
+            async def one_round(c: int, n: int) -> None:
+                body = create_body(local_at(api, 2 + n % 27, ("09:30", "17:30")[c % 2]), f"+1777{c:03d}{n:05d}")
+                status, b = await api.post("/v1/appointments", body)
+                code = b["error"]["code"] if status >= 400 else status
+                outcomes[(status, code)] += 1
+                if status == 201:
+                    appointment_id = b["appointment_id"]
+                    acknowledged.append(appointment_id)
+                    expected[appointment_id] = ("confirmed", b["data"]["date"])
+                    if back_at and not first_ok_after:
+                        first_ok_after.append(time.monotonic() - back_at[0])
+                    status, got = await api.get(f"/v1/appointments/{appointment_id}")
+                    outcomes[("read after write", status)] += 1
+                    if n % 3 == 0:  # mixed load: reschedules and cancels too
+                        change = {"appointment_date": local_at(api, 2 + (n + 7) % 27, ("09:45", "17:45")[c % 2])} \
+                            if n % 2 else {"status": "cancelled"}
+                        expected.pop(appointment_id)  # unknown until answered
+                        status, moved = await api.patch(f"/v1/appointments/{appointment_id}", change)
+                        outcomes[("update", status if status < 400 else moved["error"]["code"])] += 1
+                        if status == 200:
+                            expected[appointment_id] = (moved["data"]["status"], moved["data"]["date"])
+                        elif status != 503:  # refused: as it was
+                            expected[appointment_id] = ("confirmed", b["data"]["date"])
+                await asyncio.sleep(0.01 if status != 503 else 0.05)
 
             ready_after = None
+            readiness_while_down: list = []
 
             async def inject() -> None:
                 nonlocal ready_after
@@ -98,8 +102,7 @@ async def test_postgres_gone_and_back_under_load(own_postgres, tmp_path, fault, 
                     pg.signal_all(signal.SIGSTOP)  # the server and all its backends
                 await asyncio.sleep(down_for)
                 async with session.get(rt.http_url + "/readyz") as resp:  # says which dependency is down
-                    down = await resp.json()
-                    assert resp.status == 503 and down["checks"]["postgres"]["ok"] is False, down
+                    readiness_while_down.append((resp.status, await resp.json()))
                 if fault.startswith("SIGKILL"):
                     await asyncio.to_thread(pg.start)
                 else:
@@ -137,6 +140,8 @@ async def test_postgres_gone_and_back_under_load(own_postgres, tmp_path, fault, 
             print(f"\npostgres {fault} ({down_for}s) under 8 clients: outcomes {dict(outcomes)}; "
                   f"first 201 {first_ok_after}s after restart; /readyz postgres ok after {ready_after}s")
 
+            [(status, down)] = readiness_while_down
+            assert status == 503 and down["checks"]["postgres"]["ok"] is False, down
             assert not any(status == 500 for status, *_ in (k for k in outcomes if isinstance(k, tuple))), outcomes
             told = sum(n for k, n in outcomes.items() if isinstance(k, tuple) and 503 in k or "SERVICE_UNAVAILABLE" in k)
             assert told >= 8, outcomes  # it was down, and the clients were told (creates, reads or changes)
