@@ -43,11 +43,6 @@ def split_stream_id(stream: str) -> tuple[str, str]:
     return body[:-11], body[-10:]
 
 
-def normalise_phone(phone: str, region: str | None = None) -> str:
-    """The phone as the duplicate rule compares it (E.164 where it parses; see domain.patients)."""
-    return phone_key(phone, region)
-
-
 def is_active(appointment: Appointment | dict[str, Any]) -> bool:
     status = appointment.status if isinstance(appointment, Appointment) else appointment["status"]
     return status != "cancelled"
@@ -115,14 +110,14 @@ class WindowDay:
 
     def _index(self, record: Appointment) -> None:
         if record.active:
-            key = (normalise_phone(record.parent_phone, self.phone_region), record.appointment_type)
+            key = (phone_key(record.parent_phone, self.phone_region), record.appointment_type)
             self._holders.setdefault(key, set()).add(record.appointment_id)
             self._active[record.appointment_type] = self._active.get(record.appointment_type, 0) + 1
 
     def _unindex(self, record: Appointment | None) -> None:
         if record is None or not record.active:
             return
-        holders = self._holders.get((normalise_phone(record.parent_phone, self.phone_region),
+        holders = self._holders.get((phone_key(record.parent_phone, self.phone_region),
                                      record.appointment_type))
         if holders is not None and record.appointment_id in holders:
             holders.discard(record.appointment_id)
@@ -148,7 +143,7 @@ class WindowDay:
         return {service: n for service, n in self._active.items() if n}
 
     def duplicate_of(self, phone: str, service_id: str, excluding: str | None = None) -> str | None:
-        holders = self._holders.get((normalise_phone(phone, self.phone_region), service_id), ())
+        holders = self._holders.get((phone_key(phone, self.phone_region), service_id), ())
         return next((a for a in sorted(holders) if a != excluding), None)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from domain import windowday as wd
+from domain.patients import phone_key
 from domain.catalog import Catalog, Window
 from domain.errors import DomainError, validation
 from domain.timerules import days_between, parse_day
@@ -55,7 +56,7 @@ async def search(conn: asyncpg.Connection, org_id: str, filters: dict[str, Any],
         if filters.get(name):
             add(f"{name} = ?", filters[name])
     if filters.get("parent_phone"):
-        add("phone = ?", wd.normalise_phone(filters["parent_phone"], filters.get("phone_region")))
+        add("phone = ?", phone_key(filters["parent_phone"], filters.get("phone_region")))
     if filters.get("patient_id"):
         add("patient_id = ?", filters["patient_id"])
     if cursor:

@@ -13,7 +13,8 @@ import datetime as dt
 from domain import doctors
 from domain.appointment import Appointment
 from domain.catalog import Catalog
-from domain.windowday import normalise_phone, stream_id
+from domain.patients import phone_key
+from domain.windowday import stream_id
 from projections.base import Write
 
 _UPSERTS = {
@@ -43,7 +44,7 @@ def rows(record: Appointment, org_id, catalog: Catalog) -> dict[str, tuple | Non
     return {
         "appointment_streams": (appointment_id, org_id, stream_id(record.window_id, record.date)),
         "booking_refs": (appointment_id, org_id, ref) if active and ref else None,
-        "booking_keys": (appointment_id, org_id, normalise_phone(record.parent_phone, catalog.settings.phone_region),
+        "booking_keys": (appointment_id, org_id, phone_key(record.parent_phone, catalog.settings.phone_region),
                          record.appointment_type, dt.date.fromisoformat(record.date))
         if active and catalog.settings.prevent_duplicate_bookings else None,
         "doctor_bookings": None if time is None else (appointment_id, org_id, time.doctor, time.start, time.end),

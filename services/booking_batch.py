@@ -24,6 +24,7 @@ from prometheus_client import Histogram
 from domain import catalog as cat
 from domain import decisions
 from domain import windowday as wd
+from domain.patients import phone_key
 from domain.errors import DomainError
 from services.command_results import CommandAlreadyApplied, pending
 from services.outcome import Meta, Outcome, written
@@ -137,7 +138,7 @@ async def _settle_refusals(conn: asyncpg.Connection, org_id: str, catalog: cat.C
     DUPLICATE_BOOKING (rule 9 comes before rule 10). One query for the whole batch."""
     if not refused:
         return
-    keys = [(wd.normalise_phone(batch[i].request["parent_phone"], catalog.settings.phone_region),
+    keys = [(phone_key(batch[i].request["parent_phone"], catalog.settings.phone_region),
              batch[i].placement.service.service_id)
             for i, _ in refused]
     row = await conn.fetchrow(

@@ -19,6 +19,7 @@ from domain import decisions
 from domain import doctors
 from domain import events as ev
 from domain import windowday as wd
+from domain.patients import phone_key
 from domain.appointment import Appointment
 from domain.errors import DomainError, not_found
 from domain.timerules import local, parse_day
@@ -138,7 +139,7 @@ class CommandHandler:
         row = await conn.fetchrow(
             "SELECT (SELECT appointment_id FROM booking_keys WHERE org_id = $1 AND phone = $2 AND service_id = $3"
             " AND local_date = $4) AS duplicate, (SELECT version FROM streams WHERE stream_id = $5) AS version",
-            uuid.UUID(org_id), wd.normalise_phone(request["parent_phone"], catalog.settings.phone_region),
+            uuid.UUID(org_id), phone_key(request["parent_phone"], catalog.settings.phone_region),
             placement.service.service_id, placement.local_date, placement.stream_id)
         duplicate = row["duplicate"] if catalog.settings.prevent_duplicate_bookings else None
         day = await self.uow.day(placement.stream_id, conn, catalog, row["version"] or 0)
@@ -225,7 +226,7 @@ class CommandHandler:
                 "SELECT (SELECT appointment_id FROM booking_keys WHERE org_id = $1 AND phone = $2 AND service_id = $3"
                 " AND local_date = $4 AND appointment_id <> $5) AS duplicate,"
                 " (SELECT version FROM streams WHERE stream_id = $6) AS version", uuid.UUID(org_id),
-                wd.normalise_phone(before.parent_phone, catalog.settings.phone_region), before.appointment_type,
+                phone_key(before.parent_phone, catalog.settings.phone_region), before.appointment_type,
                 plan.placement.local_date,
                 appointment_id, plan.placement.stream_id)
             duplicate = row["duplicate"]

@@ -38,10 +38,6 @@ from services.settings import Settings
 COMMANDS = Counter("slotledger_kafka_commands_total", "Kafka commands by result", ["type", "ok"])
 DEAD_LETTERS = Counter("slotledger_kafka_dead_letters_total", "Kafka messages dead-lettered", ["reason"])
 
-# Infrastructure trouble: the batch is retried from its first offset, nothing is dead-lettered.
-_TRANSIENT = DATABASE_UNAVAILABLE
-
-
 @dataclass
 class DeadLetter:
     reason: str
@@ -238,7 +234,7 @@ class Ingestor:
                 async with self.pool.acquire() as conn:
                     item.result = await command_results.stored(conn, command.command_id)
                 item.stored = True
-            except _TRANSIENT:
+            except DATABASE_UNAVAILABLE:  # the batch is retried from its first offset, nothing dead-lettered
                 raise
             except Exception as exc:  # a bug must not stop the stream: this command is set aside, loudly
                 log.exception("command failed unexpectedly; dead-lettering it")
