@@ -24,6 +24,7 @@ from tests.faults.invariants import violations
 CAPACITY = 60
 LOAD_SECONDS = 14
 KILL_AT, DOWN_FOR = 3.0, 3.0
+AFTER_BACK = 6.0  # the load goes on at least this long once PostgreSQL is back, however long the fault took
 
 
 @pytest.fixture
@@ -56,9 +57,13 @@ async def test_postgres_gone_and_back_under_load(own_postgres, tmp_path, fault, 
             started = time.monotonic()
             back_at: list[float] = []
 
+            def loading() -> bool:
+                now = time.monotonic()
+                return now - started < LOAD_SECONDS or not back_at or now - back_at[0] < AFTER_BACK
+
             async def client(c: int) -> None:
                 n = 0
-                while time.monotonic() - started < LOAD_SECONDS:
+                while loading():
                     n += 1
                     try:
                         await one_round(c, n)
