@@ -5,15 +5,16 @@ import datetime as dt
 
 from domain import events as ev
 from domain.patients import patient_id, phone_key
-from projections.base import Write
+from projections.base import Write, recordset
 
 TABLE = "rm_appointments"
 
 _PUT = f"""
 INSERT INTO {TABLE} (appointment_id, org_id, date, branch_id, window_id, status, phone, assigned_doctor,
                      appointment_type, external_reference_id, record, patient_id)
-SELECT * FROM unnest($1::text[], $2::uuid[], $3::date[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::text[], $9::text[], $10::text[], $11::jsonb[], $12::text[])
+SELECT * FROM {recordset("appointment_id text, org_id uuid, date date, branch_id text, window_id text, status text,"
+                   " phone text, assigned_doctor text, appointment_type text, external_reference_id text,"
+                   " record jsonb, patient_id text")}
 WHERE {{guard}}
 ON CONFLICT (appointment_id) DO UPDATE SET date = EXCLUDED.date, branch_id = EXCLUDED.branch_id,
     window_id = EXCLUDED.window_id, status = EXCLUDED.status, assigned_doctor = EXCLUDED.assigned_doctor,
@@ -25,15 +26,15 @@ _MERGE = f"""
 UPDATE {TABLE} a SET record = n.record, status = n.record->>'status', assigned_doctor = n.record->>'assigned_doctor'
 FROM (SELECT a.appointment_id, (a.record || c.changes)
              || jsonb_build_object('version', (a.record->>'version')::int + 1) AS record
-      FROM unnest($1::text[], $2::jsonb[]) AS c(appointment_id, changes)
-      JOIN {TABLE} a USING (appointment_id)) n
+      FROM {recordset("appointment_id text, changes jsonb", alias="c")} JOIN {TABLE} a USING (appointment_id)) n
 WHERE a.appointment_id = n.appointment_id AND {{guard}}
 """
 
 
 PATIENTS = "rm_patients"
-_PATIENT = (f"INSERT INTO {PATIENTS} SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[])"
-            " WHERE {guard} ON CONFLICT (patient_id) DO NOTHING")
+_PATIENT = (f"INSERT INTO {PATIENTS} SELECT * FROM "
+            + recordset("patient_id text, org_id uuid, phone text, patient_name text, parent_phone text")
+            + " WHERE {guard} ON CONFLICT (patient_id) DO NOTHING")
 
 
 class AppointmentsProjector:

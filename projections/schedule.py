@@ -6,16 +6,18 @@ import datetime as dt
 
 from domain import events as ev
 from domain.windowday import is_active
-from projections.base import Write
+from projections.base import Write, recordset
 
 BOOKINGS, DAYS = "rm_schedule_bookings", "rm_window_days"
 
-_BOOKING = (f"INSERT INTO {BOOKINGS} SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::date[],"
-            " $5::text[]) WHERE {guard} ON CONFLICT (appointment_id)"
+_BOOKING = (f"INSERT INTO {BOOKINGS} SELECT * FROM "
+            + recordset("appointment_id text, org_id uuid, window_id text, date date, appointment_type text")
+            + " WHERE {guard} ON CONFLICT (appointment_id)"
             " DO UPDATE SET window_id = EXCLUDED.window_id, date = EXCLUDED.date")
-_FREED = f"DELETE FROM {BOOKINGS} WHERE appointment_id = ANY($1::text[]) AND {{guard}}"
-_DAY = (f"INSERT INTO {DAYS} SELECT * FROM unnest($1::text[], $2::date[], $3::uuid[], $4::text[], $5::int[])"
-        " WHERE {guard} ON CONFLICT (window_id, date) DO UPDATE"
+_FREED = f"DELETE FROM {BOOKINGS} WHERE appointment_id IN (SELECT * FROM {recordset('appointment_id text')}) AND {{guard}}"
+_DAY = (f"INSERT INTO {DAYS} SELECT * FROM "
+        + recordset("window_id text, date date, org_id uuid, status text, max_slots int")
+        + " WHERE {guard} ON CONFLICT (window_id, date) DO UPDATE"
         f" SET status = coalesce(EXCLUDED.status, {DAYS}.status),"
         f" max_slots = coalesce(EXCLUDED.max_slots, {DAYS}.max_slots)")
 

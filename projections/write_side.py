@@ -15,24 +15,28 @@ from domain.appointment import Appointment
 from domain.catalog import Catalog
 from domain.patients import phone_key
 from domain.windowday import stream_id
-from projections.base import Write
+from projections.base import Write, recordset
 
 _UPSERTS = {
-    "appointment_streams": "INSERT INTO appointment_streams SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[])"
-                           " WHERE {guard} ON CONFLICT (appointment_id) DO UPDATE SET stream_id = EXCLUDED.stream_id",
+    "appointment_streams": "INSERT INTO appointment_streams SELECT * FROM "
+                           + recordset("appointment_id text, org_id uuid, stream_id text") + " WHERE {guard}"
+                           " ON CONFLICT (appointment_id) DO UPDATE SET stream_id = EXCLUDED.stream_id",
     "booking_refs": "INSERT INTO booking_refs (appointment_id, org_id, external_reference_id)"
-                    " SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]) WHERE {guard}",
+                    " SELECT * FROM " + recordset("appointment_id text, org_id uuid, external_reference_id text")
+                    + " WHERE {guard}",
     "booking_keys": "INSERT INTO booking_keys (appointment_id, org_id, phone, service_id, local_date)"
-                    " SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::date[]) WHERE {guard}"
-                    " ON CONFLICT (appointment_id) DO UPDATE SET phone = EXCLUDED.phone,"
+                    " SELECT * FROM " + recordset("appointment_id text, org_id uuid, phone text, service_id text,"
+                                             " local_date date") + " WHERE {guard} ON CONFLICT (appointment_id) DO UPDATE SET phone = EXCLUDED.phone,"
                     " service_id = EXCLUDED.service_id, local_date = EXCLUDED.local_date",
     "doctor_bookings": "INSERT INTO doctor_bookings (appointment_id, org_id, doctor, starts_at, ends_at)"
-                       " SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[],"
-                       " $5::timestamptz[]) WHERE {guard} ON CONFLICT (appointment_id) DO UPDATE"
+                       " SELECT * FROM " + recordset("appointment_id text, org_id uuid, doctor text,"
+                                                " starts_at timestamptz, ends_at timestamptz")
+                       + " WHERE {guard} ON CONFLICT (appointment_id) DO UPDATE"
                        " SET doctor = EXCLUDED.doctor, starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at",
 }
 TABLES = tuple(_UPSERTS)
-_DELETE = "DELETE FROM {table} WHERE appointment_id = ANY($1::text[]) AND {{guard}}"
+_DELETE = ("DELETE FROM {table} WHERE appointment_id IN (SELECT * FROM "
+           + recordset("appointment_id text").replace("{", "{{").replace("}", "}}") + ") AND {{guard}}")
 
 
 def rows(record: Appointment, org_id, catalog: Catalog) -> dict[str, tuple | None]:
@@ -69,4 +73,4 @@ def writes(before: Appointment | None, after: Appointment, org_id, catalog: Cata
 def config_changed(org_id) -> Write:
     """Configuration events bump the org's config_version: every process's cached catalog is then stale."""
     return Write("orgs", "UPDATE orgs SET config_version = config_version + 1"
-                 " WHERE org_id = ANY($1::uuid[]) AND {guard}", (org_id,), (org_id,))
+                 " WHERE org_id IN (SELECT * FROM " + recordset("org_id uuid") + ") AND {guard}", (org_id,), (org_id,))

@@ -41,16 +41,17 @@ def pending(meta: Meta, outcome: Outcome, stream_version: int) -> PendingResult 
     return PendingResult(meta.command_id, body, stream_version)
 
 
-def riding_append(org_id: uuid.UUID, results: list[PendingResult]) -> SideWrite:
+def riding_append(org_id: uuid.UUID, results: list[tuple[str, PendingResult]]) -> SideWrite:
+    """(stream id, result) pairs, each stored with its event."""
     return SideWrite(
         "INSERT INTO command_results (command_id, org_id, result) SELECT c.id, $2::uuid, CASE"
         " WHEN c.result->'data' ? 'position' THEN jsonb_set(jsonb_set(c.result, '{position}',"
         " to_jsonb(i.global_position)), '{data,position}', to_jsonb(i.global_position))"
         " ELSE jsonb_set(c.result, '{position}', to_jsonb(i.global_position)) END"
-        " FROM unnest($1::uuid[], $3::jsonb[], $4::int[]) AS c(id, result, version)"
-        " JOIN ins i ON i.stream_version = c.version",
-        ([uuid.UUID(r.command_id) for r in results], org_id, [r.result for r in results],
-         [r.stream_version for r in results]))
+        " FROM (SELECT (r->>0)::uuid AS id, r->1 AS result, r->>2 AS stream, (r->>3)::int AS version"
+        " FROM jsonb_array_elements($1::jsonb) AS r) AS c"
+        " JOIN ins i ON i.stream_id = c.stream AND i.stream_version = c.version",
+        ([(r.command_id, r.result, stream, r.stream_version) for stream, r in results], org_id))
 
 
 async def store_without_effect(conn: asyncpg.Connection, results: list[tuple[uuid.UUID, Any, dict]]

@@ -92,22 +92,34 @@ async def create_appointment(handler: CommandHandler, org_id: str, body: CreateA
     return await handler.create_appointment(org_id, body.model_dump(), meta)
 
 
-async def update_appointment(handler: CommandHandler, org_id: str, appointment_id: str, body: UpdateAppointment,
-                             meta: Meta, strict: bool = False) -> Outcome:
+def patch_of(body: UpdateAppointment) -> dict[str, Any]:
+    """The PATCH body as the domain takes it: only the fields given."""
     patch = body.model_dump(exclude_unset=True)
     for name, value in patch.items():
         if value is None and name in ("appointment_date", "status"):
             raise validation(name, "must not be null")
     if isinstance(patch.get("follow_up_date"), dt.date):
         patch["follow_up_date"] = patch["follow_up_date"].isoformat()
-    return await handler.update_appointment(org_id, appointment_id, patch, meta, strict)
+    return patch
 
 
-async def _with_status(handler: CommandHandler, org_id: str, appointment_id: str, status: str,
-                       body: k.CancelAppointment | k.CompleteAppointment, meta: Meta) -> Outcome:
-    fields = body.model_dump(exclude_unset=True)
-    return await update_appointment(handler, org_id, appointment_id,
-                                    UpdateAppointment.model_validate({**fields, "status": status}), meta)
+async def update_appointment(handler: CommandHandler, org_id: str, appointment_id: str, body: UpdateAppointment,
+                             meta: Meta, strict: bool = False) -> Outcome:
+    return await handler.update_appointment(org_id, appointment_id, patch_of(body), meta, strict)
+
+
+def _with_status(status: str, body: k.CancelAppointment | k.CompleteAppointment) -> UpdateAppointment:
+    return UpdateAppointment.model_validate({**body.model_dump(exclude_unset=True), "status": status})
+
+
+def appointment_patch(command: Any) -> dict[str, Any]:
+    """The patch of a Kafka update, cancel or complete command (raises DomainError for a bad one)."""
+    match command.type:
+        case "cancel_appointment":
+            return patch_of(_with_status("cancelled", command.payload))
+        case "complete_appointment":
+            return patch_of(_with_status("completed", command.payload))
+    return patch_of(command.payload)
 
 
 # -- Kafka: one envelope type → one of the commands above ------------------------------------------------
@@ -117,10 +129,10 @@ Dispatch = Callable[[CommandHandler, Any, Meta], Awaitable[Outcome]]
 BY_TYPE: dict[str, Dispatch] = {
     "create_appointment": lambda h, c, m: create_appointment(h, str(c.org_id), c.payload, m),
     "update_appointment": lambda h, c, m: update_appointment(h, str(c.org_id), c.appointment_id, c.payload, m),
-    "cancel_appointment": lambda h, c, m: _with_status(h, str(c.org_id), c.appointment_id, "cancelled", c.payload,
-                                                       m),
-    "complete_appointment": lambda h, c, m: _with_status(h, str(c.org_id), c.appointment_id, "completed",
-                                                         c.payload, m),
+    "cancel_appointment": lambda h, c, m: update_appointment(h, str(c.org_id), c.appointment_id,
+                                                             _with_status("cancelled", c.payload), m),
+    "complete_appointment": lambda h, c, m: update_appointment(h, str(c.org_id), c.appointment_id,
+                                                               _with_status("completed", c.payload), m),
     "create_window": lambda h, c, m: create_window(h, str(c.org_id), c.payload, m),
     "update_window": lambda h, c, m: update_window(h, str(c.org_id), c.window_id, c.payload, m),
     "disable_window": lambda h, c, m: disable_window(h, str(c.org_id), c.window_id, m),

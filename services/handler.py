@@ -24,7 +24,7 @@ from domain.appointment import Appointment
 from domain.errors import DomainError, not_found
 from domain.timerules import local, parse_day
 from projections import write_side
-from projections.base import Write
+from projections.base import Write, recordset
 from projections.queries import day_view
 from services.booking_batch import BookingBatcher
 from services.command_results import pending
@@ -65,7 +65,8 @@ class CommandHandler:
         events = cat.create_org(org_id, name, timezone_name)
         org = uuid.UUID(org_id)
         row = Write("orgs", "INSERT INTO orgs (org_id, name, config_version)"
-                               " SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[]) WHERE {guard}",
+                               " SELECT * FROM " + recordset("org_id uuid, name text, config_version bigint")
+                               + " WHERE {guard}",
                                (org, name.strip(), 1), (org,))
         change = Change(f"org-{org_id}", 0, events, [meta or Meta()] * len(events))
         async with self.pool.acquire() as conn:

@@ -1,9 +1,9 @@
 """The Kafka ingestor: commands from <prefix>.commands through the same command code as HTTP, one result per
 command on <prefix>.command-results, anything unreadable to <prefix>.commands.dlq.
 
-A fetched batch is decided concurrently, one lane per routing key (the message key), so one window-day's
-commands keep their order; results and dead letters are produced and acknowledged before the batch's offsets
-are committed. A command's effect and its result commit in one transaction (`command_results`), so a
+A fetched batch is decided in order, its appointment commands set-wise (services/bulk.py: each window-day
+loaded once, everything decided committed in one statement), so each routing key's commands keep their order;
+results and dead letters are produced and acknowledged before the batch's offsets are committed. A command's effect and its result commit in one transaction (`command_results`), so a
 redelivery after a crash or a rebalance, or a republished command_id, gets the same result and no second effect.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from schemas.text import BadInput, check_json
 from services import commands
 from services import command_results
 from services.command_results import CommandAlreadyApplied
+from services.bulk import BulkDecider, Decided
 from services.handler import CommandHandler
 from services.outcome import Meta
 from services.logs import log
@@ -96,13 +97,16 @@ class Ingestor:
     settings: Settings
     pool: asyncpg.Pool
     handler: CommandHandler
-    max_batch: int = 1000
-    lanes: int = 64  # routing keys decided at once
+    max_batch: int = 2000
     _consumer: AIOKafkaConsumer | None = None
     _producer: AIOKafkaProducer | None = None
     _batch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _stopping: bool = False
     _task: asyncio.Task | None = None
+    bulk: BulkDecider = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bulk = BulkDecider(self.handler)
 
     @property
     def topic(self) -> str:
@@ -194,28 +198,33 @@ class Ingestor:
                 item.result, item.stored = known[item.command.command_id], True
 
     async def _decide(self, items: list[_Item]) -> None:
-        lanes: dict[Any, list[_Item]] = {}
-        lane_of_command: dict[uuid.UUID, Any] = {}
+        """Appointment commands set-wise (services/bulk.py), anything else one by one, all in batch order (so
+        in partition order, which keeps each routing key's order). A command_id repeated in the batch is
+        decided once; its copies get the first's result."""
+        firsts: dict[uuid.UUID, _Item] = {}
+        todo = []
         for item in items:
-            if item.command is None or item.result is not None:
-                continue
-            # The routing key orders a window-day's commands; a repeated command_id joins its first lane.
-            lane = lane_of_command.setdefault(item.command.command_id, item.record.key or item.command.command_id)
-            lanes.setdefault(lane, []).append(item)
-        gate = asyncio.Semaphore(self.lanes)
+            if item.command is not None and item.result is None:
+                if firsts.setdefault(item.command.command_id, item) is item:
+                    todo.append(item)
+        await self.bulk.run(todo, self._execute, self._settle)
+        for item in items:
+            if item.command is not None and item.result is None:
+                first = firsts[item.command.command_id]
+                item.result, item.stored = first.result, True
 
-        async def run_lane(lane_items: list[_Item]) -> None:
-            async with gate:
-                done: dict[uuid.UUID, _Item] = {}
-                for item in lane_items:
-                    first = done.get(item.command.command_id)
-                    if first is not None:
-                        item.result, item.stored = first.result, True
-                        continue
-                    await self._execute(item)
-                    done[item.command.command_id] = item
-
-        await asyncio.gather(*(run_lane(lane) for lane in lanes.values()))
+    def _settle(self, item: _Item, decided: Decided) -> None:
+        command_id = str(item.command.command_id)
+        if decided.refusal is not None:
+            exc = decided.refusal
+            item.result = CommandResult.refused(command_id, exc.status, exc.code, exc.message, exc.details,
+                                                exc.extra).as_json()
+        else:
+            outcome = decided.outcome
+            item.result = CommandResult.of(command_id, outcome.status, outcome.data, outcome.position,
+                                           outcome.idempotent).as_json()
+            item.stored = outcome.position is not None  # recorded with its events
+        COMMANDS.labels(item.command.type, str(item.result["ok"]).lower()).inc()
 
     async def _execute(self, item: _Item) -> None:
         command = item.command

@@ -14,7 +14,7 @@ import contextlib
 import random
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import asyncpg
@@ -26,7 +26,7 @@ from domain import windowday as wd
 from domain.appointment import Appointment
 from domain.errors import DomainError, not_found
 from projections import write_side
-from projections.base import Write, compile_writes
+from projections.base import Write, compile_writes, recordset
 from projections.registry import INLINE
 from services import command_results
 from services.command_results import CommandAlreadyApplied, PendingResult
@@ -64,12 +64,11 @@ class Work:
 # be there (another booking of the patient, in this statement's snapshot or committing concurrently): then
 # neither is written, and nothing else of the commit depends on it.
 _FIRST_EVENT = ("INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata,"
-                " org_id) SELECT e.id, e.stream, 1, e.type, e.version, e.data, e.metadata, e.org FROM unnest("
-                "$1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::jsonb[], $6::jsonb[], $7::uuid[])"
-                " AS e(id, stream, type, version, data, metadata, org) WHERE {guard}"
-                " ON CONFLICT (stream_id, stream_version) DO NOTHING")
-_FIRST_STREAM = ("INSERT INTO streams (stream_id, version, org_id) SELECT s, 1, o FROM unnest($1::text[], $2::uuid[])"
-                 " AS t(s, o) WHERE {guard} ON CONFLICT DO NOTHING")
+                " org_id) SELECT id, stream, 1, type, version, data, metadata, org FROM "
+                + recordset("id uuid, stream text, type text, version smallint, data jsonb, metadata jsonb, org uuid")
+                + " WHERE {guard} ON CONFLICT (stream_id, stream_version) DO NOTHING")
+_FIRST_STREAM = ("INSERT INTO streams (stream_id, version, org_id) SELECT s, 1, o FROM " + recordset("s text, o uuid")
+                 + " WHERE {guard} ON CONFLICT DO NOTHING")
 
 
 def _first_sightings(org: uuid.UUID, work: "Work") -> list[Write]:
@@ -166,15 +165,44 @@ class UnitOfWork:
         database; a cached day behind it (another process wrote since) is loaded afresh, so a refusal is never
         decided on a stale day (an acceptance is checked by the append's expected version anyway). A day
         indexed under another phone region than the org's now is loaded afresh too."""
-        region = catalog.settings.phone_region
-        day = self._days.get(stream_id)
-        if day is not None and (version is None or day.version >= version) and day.phone_region == region:
-            self._days.move_to_end(stream_id)
+        day = self._cached(stream_id, catalog, version)
+        if day is not None:
             return day
-        day = wd.WindowDay(*wd.split_stream_id(stream_id), phone_region=region)
+        day = wd.WindowDay(*wd.split_stream_id(stream_id), phone_region=catalog.settings.phone_region)
         for stored in await self.store.read_stream(stream_id, conn=conn):
             day.apply(ev.from_stored(stored.type, stored.data))
-        self._days[stream_id] = day
+        return self._remember(day)
+
+    async def days(self, conn: asyncpg.Connection, wanted: dict[str, cat.Catalog]) -> dict[str, wd.WindowDay]:
+        """Many window-days (stream id → its org's catalog) as the log has them: one query for their versions,
+        one for the events of those not cached at that version."""
+        versions = dict(await conn.fetch("SELECT stream_id, version FROM streams WHERE stream_id = ANY($1::text[])",
+                                         list(wanted)))
+        out: dict[str, wd.WindowDay] = {}
+        for stream, catalog in wanted.items():
+            day = self._cached(stream, catalog, versions.get(stream, 0))
+            if day is None:
+                day = wd.WindowDay(*wd.split_stream_id(stream), phone_region=catalog.settings.phone_region)
+            out[stream] = day
+        stale = [s for s, day in out.items() if day.version < versions.get(s, 0)]
+        if stale:
+            for row in await conn.fetch("SELECT stream_id, event_type, data FROM events"
+                                        " WHERE stream_id = ANY($1::text[]) ORDER BY stream_id, stream_version", stale):
+                out[row["stream_id"]].apply(ev.from_stored(row["event_type"], row["data"]))
+        for day in out.values():
+            self._remember(day)
+        return out
+
+    def _cached(self, stream_id: str, catalog: cat.Catalog, version: int | None) -> wd.WindowDay | None:
+        day = self._days.get(stream_id)
+        if day is not None and (version is None or day.version >= version) \
+                and day.phone_region == catalog.settings.phone_region:
+            self._days.move_to_end(stream_id)
+            return day
+        return None
+
+    def _remember(self, day: wd.WindowDay) -> wd.WindowDay:
+        self._days[day.stream_id] = day
         if len(self._days) > self.cache_size:
             self._days.popitem(last=False)
         return day
@@ -198,17 +226,20 @@ class UnitOfWork:
         writes += work.writes
         writes += _first_sightings(org, work)
         statements = compile_writes(writes)
-        appends = self._appends(org, work)
+        appends = [Append(c.stream_id, c.expected, [NewEvent(e.type, e.data(), schema_version=e.version,
+                                                             metadata=m.as_dict()) for e, m in zip(c.events, c.metas)],
+                          org_id=org) for c in work.changes]
+        riding = [command_results.riding_append(org, list(work.results))] if work.results else []
+        condition = None if work.config_version is None else SideWrite(_CONFIG_CURRENT, (org, work.config_version))
         streams = [change.stream_id for change in work.changes]
         try:
-            if len(appends) == 1 and len({s.table for s in statements}) == len(statements):
+            if len({s.table for s in statements}) == len(statements):
                 # One round trip: every row write rides in the append's statement, after its guard.
-                rows = [SideWrite(s.text(GUARD), tuple(s.columns)) for s in statements]
-                stored = await self.store.append([replace(appends[0], side_writes=[
-                    *rows, *appends[0].side_writes])], conn)
+                riders = [SideWrite(s.text(GUARD), (s.rows,)) for s in statements]
+                stored = await self.store.append(appends, conn, side_writes=[*riders, *riding], condition=condition)
             else:
                 async with conn.transaction():
-                    stored = await self.store.append(appends, conn)
+                    stored = await self.store.append(appends, conn, side_writes=riding, condition=condition)
                     for statement in statements:
                         await statement.run(conn)
         except asyncpg.UniqueViolationError as exc:
@@ -224,17 +255,3 @@ class UnitOfWork:
             raise
         self.store.announce()
         return stored
-
-    @staticmethod
-    def _appends(org: uuid.UUID, work: Work) -> list[Append]:
-        condition = None if work.config_version is None else SideWrite(_CONFIG_CURRENT, (org, work.config_version))
-        out = []
-        for n, change in enumerate(work.changes):
-            riding = [r for stream, r in work.results if stream == change.stream_id]
-            out.append(Append(
-                change.stream_id, change.expected,
-                [NewEvent(e.type, e.data(), schema_version=e.version, metadata=m.as_dict())
-                 for e, m in zip(change.events, change.metas)],
-                org_id=org, side_writes=[command_results.riding_append(org, riding)] if riding else (),
-                condition=condition if n == 0 else None))
-        return out

@@ -23,12 +23,12 @@ DATABASE_UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.P
 
 
 class ConcurrencyError(Exception):
-    """A stream was not at the version the writer expected; nothing was appended."""
+    """Streams were not at the versions the writer expected; nothing was appended."""
 
-    def __init__(self, stream_id: str, expected: int):
-        super().__init__(f"stream {stream_id} is not at version {expected}")
-        self.stream_id = stream_id
-        self.expected = expected
+    def __init__(self, stream_ids: Sequence[str]):
+        super().__init__(f"not at the expected version: {', '.join(stream_ids)}")
+        self.stream_ids = list(stream_ids)
+        self.stream_id = self.stream_ids[0] if self.stream_ids else None
 
 
 class LogPosition(NamedTuple):
@@ -53,14 +53,14 @@ class NewEvent:
 @dataclass(frozen=True)
 class SideWrite:
     """A write-side row that must commit with an append, in the append's own statement (one round trip).
-    `sql` is a data-modifying statement that may refer to the CTEs `claim` (a row when the stream's version
-    matched) and `ins` (the inserted events: global_position, …) and must write nothing unless `claim` has a
-    row; its parameters are numbered from $1 and cast explicitly."""
+    `sql` is a data-modifying statement that may refer to the CTE `ins` (the inserted events: global_position,
+    stream_id, stream_version, …) and must write nothing unless `ins` has rows (GUARD); its parameters are
+    numbered from $1 and cast explicitly."""
     sql: str
     args: tuple[Any, ...]
 
 
-GUARD = "EXISTS (SELECT 1 FROM claim)"
+GUARD = "EXISTS (SELECT 1 FROM ins)"  # every stream was claimed and the events went in
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,6 @@ class Append:
     expected_version: int  # 0: the stream must not exist yet
     events: Sequence[NewEvent]
     org_id: uuid.UUID | None = None
-    side_writes: Sequence[SideWrite] = ()
-    condition: SideWrite | None = None  # a boolean SQL expression that must also hold, or nothing is appended
 
 
 @dataclass(frozen=True)
@@ -95,20 +93,28 @@ class StoredEvent:
 _COLUMNS = ("global_position, transaction_id::text::bigint AS transaction_id, event_id, stream_id, stream_version,"
             " event_type, schema_version, data, metadata, org_id, recorded_at")
 
-_INSERT = """
-INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata, org_id)
-SELECT e.event_id, $1, ($2::int + e.ord)::int, e.event_type, e.schema_version, e.data, e.metadata, $4
-FROM unnest($5::uuid[], $6::text[], $7::smallint[], $8::jsonb[], $9::jsonb[])
-     WITH ORDINALITY AS e(event_id, event_type, schema_version, data, metadata, ord)
-WHERE EXISTS (SELECT 1 FROM claim)
-ORDER BY e.ord
-RETURNING global_position, transaction_id::text::bigint AS transaction_id, stream_version, recorded_at
+# One statement appends to any number of streams: a compare-and-set per stream on `streams` (an update for
+# existing streams, an insert for new ones), and the events only if every stream was claimed. $1: the streams
+# as JSON rows [stream_id, expected, new version, org_id]; $2: the events as JSON rows [event_id, stream_id,
+# stream_version, type, schema_version, data, metadata, org_id]; $3: how many streams. A statement that claimed
+# some streams but not all inserts nothing; its caller rolls back (see EventStore.append).
+_APPEND = """
+WITH input AS (SELECT (r->>0)::text AS stream_id, (r->>1)::int AS expected, (r->>2)::int AS version,
+                      (r->>3)::uuid AS org_id FROM jsonb_array_elements($1::jsonb) AS r),
+claimed AS (UPDATE streams s SET version = i.version FROM input i
+            WHERE s.stream_id = i.stream_id AND i.expected > 0 AND s.version = i.expected{condition}
+            RETURNING s.stream_id),
+created AS (INSERT INTO streams (stream_id, version, org_id) SELECT stream_id, version, org_id FROM input
+            WHERE expected = 0{condition} ON CONFLICT DO NOTHING RETURNING stream_id),
+ins AS (INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata, org_id)
+        SELECT (e->>0)::uuid, e->>1, (e->>2)::int, e->>3, (e->>4)::smallint, e->5, e->6, (e->>7)::uuid
+        FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS t(e, ord)
+        WHERE (SELECT count(*) FROM claimed) + (SELECT count(*) FROM created) = $3::int
+        ORDER BY ord
+        RETURNING global_position, transaction_id::text::bigint AS transaction_id, stream_id, stream_version,
+                  recorded_at)
 """
-# One round trip per stream: the compare-and-set on `streams` and the insert in one statement.
-_APPEND_NEW = ("WITH claim AS (INSERT INTO streams (stream_id, version, org_id) SELECT $1, $3, $4 WHERE $2 = 0"
-               "{condition} ON CONFLICT DO NOTHING RETURNING 1)" + _INSERT)
-_APPEND_EXISTING = ("WITH claim AS (UPDATE streams SET version = $3 WHERE stream_id = $1 AND version = $2"
-                    "{condition} RETURNING 1)" + _INSERT)
+_FIXED_PARAMS = 3
 
 _PARAM = re.compile(r"\$(\d+)")
 
@@ -122,23 +128,19 @@ def _params(sql: str) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def _append_sql(new_stream: bool, condition: str | None, side_writes: tuple[str, ...]) -> str:
-    """The append statement for this shape, built once: the compare-and-set (with the extra `condition`),
+def _append_sql(condition: str | None, side_writes: tuple[str, ...]) -> str:
+    """The append statement for this shape, built once: the compare-and-sets (with the extra `condition`),
     the insert, and each side write as a CTE after them, their parameters numbered after the append's."""
-    offset = 9
-    sql = _APPEND_NEW if new_stream else _APPEND_EXISTING
+    offset = _FIXED_PARAMS
     extra = ""
     if condition is not None:
         extra = f" AND ({_renumbered(condition, offset)})"
         offset += _params(condition)
-    sql = sql.replace("{condition}", extra, 1)
-    if not side_writes:
-        return sql
-    ctes = [sql.removesuffix(_INSERT).removeprefix("WITH "), f"ins AS ({_INSERT.strip()})"]
+    ctes = [_APPEND.strip().replace("{condition}", extra)]
     for n, write in enumerate(side_writes):
         ctes.append(f"s{n} AS ({_renumbered(write, offset)})")
         offset += _params(write)
-    return "WITH " + ",\n".join(ctes) + "\nSELECT * FROM ins ORDER BY stream_version"
+    return ",\n".join(ctes) + "\nSELECT * FROM ins ORDER BY global_position"
 
 
 _READ_LOG = f"""
@@ -154,7 +156,8 @@ _READ_COMMITTED = _READ_LOG.replace("  AND transaction_id < pg_snapshot_xmin(pg_
 
 
 def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    # default=str: asyncpg's own UUID type (ids read back from the database), which orjson does not know
+    return orjson.dumps(value, default=str).decode()
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -216,54 +219,65 @@ class EventStore:
         for listener in self._on_commit:
             listener()
 
-    async def append(self, appends: Sequence[Append], conn: asyncpg.Connection | None = None) -> list[StoredEvent]:
-        """Append to every stream or to none. Pass `conn` to join the caller's transaction."""
+    async def append(self, appends: Sequence[Append], conn: asyncpg.Connection | None = None, *,
+                     side_writes: Sequence[SideWrite] = (), condition: SideWrite | None = None
+                     ) -> list[StoredEvent]:
+        """Append to every stream or to none, in one statement; `side_writes` ride in it (see SideWrite) and
+        `condition` must also hold. Pass `conn` to join the caller's transaction. Raises ConcurrencyError if a
+        stream is not at its expected version (or `condition` does not hold)."""
+        appends = [a for a in appends if a.events]
+        if not appends:
+            return []
         if conn is None:
             async with self.pool.acquire() as own:
                 async with own.transaction():
-                    stored = await self.append(appends, own)
-                self.announce()
-                return stored
-        stored: list[StoredEvent] = []
-        for append in appends:
-            stored.extend(await self._append_one(conn, append))
-        return stored
+                    stored = await self._append(own, appends, side_writes, condition)
+            self.announce()
+            return stored
+        if len(appends) > 1 and not conn.is_in_transaction():
+            async with conn.transaction():  # a statement that claimed only some streams is undone
+                return await self._append(conn, appends, side_writes, condition)
+        return await self._append(conn, appends, side_writes, condition)
 
-    async def _append_one(self, conn: asyncpg.Connection, append: Append) -> list[StoredEvent]:
-        events = list(append.events)
-        if not events:
-            return []
-        args: list[Any] = [
-            append.stream_id, append.expected_version, append.expected_version + len(events), append.org_id,
-            [e.event_id for e in events], [e.type for e in events], [e.schema_version for e in events],
-            [e.data for e in events], [e.metadata for e in events],
-        ]
-        if append.condition is not None:
-            args += append.condition.args
-        for write in append.side_writes:
+    async def _append(self, conn: asyncpg.Connection, appends: list[Append], side_writes: Sequence[SideWrite],
+                      condition: SideWrite | None) -> list[StoredEvent]:
+        streams = [(a.stream_id, a.expected_version, a.expected_version + len(a.events), a.org_id) for a in appends]
+        events = [(e.event_id, a.stream_id, a.expected_version + n, e.type, e.schema_version, e.data, e.metadata,
+                   a.org_id) for a in appends for n, e in enumerate(a.events, 1)]
+        args: list[Any] = [streams, events, len(streams)]
+        if condition is not None:
+            args += condition.args
+        for write in side_writes:
             args += write.args
-        sql = _append_sql(append.expected_version == 0, append.condition.sql if append.condition else None,
-                          tuple(w.sql for w in append.side_writes))
+        sql = _append_sql(condition.sql if condition else None, tuple(w.sql for w in side_writes))
         rows = await conn.fetch(sql, *args)
         if not rows:
-            replayed = await self._already_appended(conn, append.stream_id, events)
+            replayed = await self._already_appended(conn, appends)
             if replayed is None:
-                raise ConcurrencyError(append.stream_id, append.expected_version)
+                raise ConcurrencyError(await self._unclaimed(conn, streams))
             return replayed
         return [
-            StoredEvent(position=row["global_position"], transaction_id=row["transaction_id"], event_id=e.event_id,
-                        stream_id=append.stream_id, stream_version=row["stream_version"], type=e.type,
-                        schema_version=e.schema_version, data=e.data, metadata=e.metadata, org_id=append.org_id,
-                        recorded_at=row["recorded_at"])
+            StoredEvent(position=row["global_position"], transaction_id=row["transaction_id"], event_id=e[0],
+                        stream_id=e[1], stream_version=row["stream_version"], type=e[3], schema_version=e[4],
+                        data=e[5], metadata=e[6], org_id=e[7], recorded_at=row["recorded_at"])
             for row, e in zip(rows, events)
         ]
 
-    async def _already_appended(self, conn, stream_id: str, events: list[NewEvent]) -> list[StoredEvent] | None:
-        """A retried append of the very same events (same ids, same stream) is a no-op."""
+    @staticmethod
+    async def _unclaimed(conn: asyncpg.Connection, streams: list[tuple]) -> list[str]:
+        """The streams a failed append could not claim (those it claimed show its new version until rolled back;
+        if `condition` failed, every stream is named)."""
+        now = dict(await conn.fetch("SELECT stream_id, version FROM streams WHERE stream_id = ANY($1::text[])",
+                                    [s[0] for s in streams]))
+        moved = [stream for stream, _, version, _ in streams if now.get(stream, 0) != version]
+        return moved or [s[0] for s in streams]
+
+    async def _already_appended(self, conn, appends: list[Append]) -> list[StoredEvent] | None:
+        """A retried append of the very same events (same ids, same streams) is a no-op."""
+        where = {e.event_id: a.stream_id for a in appends for e in a.events}
         rows = await conn.fetch(
-            f"SELECT {_COLUMNS} FROM events WHERE event_id = ANY($1::uuid[]) ORDER BY global_position",
-            [e.event_id for e in events])
-        if len(rows) == len(events) and all(row["stream_id"] == stream_id for row in rows):
+            f"SELECT {_COLUMNS} FROM events WHERE event_id = ANY($1::uuid[]) ORDER BY global_position", list(where))
+        if len(rows) == len(where) and all(row["stream_id"] == where[row["event_id"]] for row in rows):
             return [_row_to_event(row) for row in rows]
         return None
 

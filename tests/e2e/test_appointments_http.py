@@ -365,7 +365,7 @@ async def test_a_projection_starting_from_scratch_catches_up_without_moving_the_
     """As when a release adds an asynchronous projection: one starts at the beginning of the log while the other
     is at its head. The runner reads from the older checkpoint, feeds each only what it has not seen, and never
     moves a checkpoint backwards. The log is made longer than one batch, so catching up takes several."""
-    from projections.base import Write
+    from projections.base import Write, recordset
     from services.projector import run_batch
     from services.store.eventstore import Append, NewEvent, load_checkpoint
 
@@ -378,8 +378,8 @@ async def test_a_projection_starting_from_scratch_catches_up_without_moving_the_
         def writes(self, event, org_id):
             if event.type != "appointment.booked":
                 return []
-            return [Write("test_seen", "INSERT INTO test_seen SELECT * FROM unnest($1::text[], $2::text[])"
-                          " WHERE {guard}", (self.name, event.appointment["appointment_id"]),
+            return [Write("test_seen", "INSERT INTO test_seen SELECT * FROM " + recordset("p text, a text")
+                          + " WHERE {guard}", (self.name, event.appointment["appointment_id"]),
                           (event.appointment["appointment_id"],))]
 
     old, new = Seen("old"), Seen("new")

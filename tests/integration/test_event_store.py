@@ -38,7 +38,7 @@ async def test_concurrent_appends_to_one_stream_exactly_one_wins_per_version(sto
     winners = [r for r in results if not isinstance(r, ConcurrencyError)]
     losers = [r for r in results if isinstance(r, ConcurrencyError)]
     assert len(winners) == 1 and len(losers) == 29
-    assert all(loser.stream_id == "hot" and loser.expected == 1 for loser in losers)
+    assert all(loser.stream_ids == ["hot"] for loser in losers)
     events = await store.read_stream("hot")
     assert [e.stream_version for e in events] == [1, 2]
     assert events[1].data == winners[0][0].data
