@@ -46,9 +46,17 @@ def local(moment: datetime, tz: str) -> datetime:
     return moment.astimezone(zone(tz))
 
 
+_HHMM: dict[str, time] = {}  # windows' times are parsed on every placement: a few distinct strings
+
+
 def parse_hhmm(value: str, field: str) -> time:
+    parsed = _HHMM.get(value) if isinstance(value, str) else None
+    if parsed is not None:
+        return parsed
     if not isinstance(value, str) or not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
         raise validation(field, "must be HH:MM (24-hour)")
+    if len(_HHMM) < 4096:
+        _HHMM[value] = time(int(value[:2]), int(value[3:]))
     return time(int(value[:2]), int(value[3:]))
 
 

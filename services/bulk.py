@@ -74,6 +74,7 @@ class _Facts:
     keys: dict[Key, str] = field(default_factory=dict)
     asked: set[Key] = field(default_factory=set)  # keys looked up (absent from `keys`: free)
     days: dict[str, wd.WindowDay] = field(default_factory=dict)
+    placements: dict[Any, wd.Placement] = field(default_factory=dict)  # command id → where its create lands
 
 
 @dataclass
@@ -191,7 +192,7 @@ class BulkDecider:
         try:
             if command.type == "create_appointment":
                 request = command.payload.model_dump()
-                placement = decisions.plan_create(catalog, request, now)
+                placement = facts.placements[command.command_id] = decisions.plan_create(catalog, request, now)
                 return [(placement.stream_id, _key(org, catalog, request["parent_phone"], placement))]
             home = facts.homes.get(command.appointment_id)
             day = facts.days.get(home[1]) if home else None
@@ -268,7 +269,9 @@ class _Run:
             if existing is not None:
                 record = self._record(existing)
                 return Decided(command, written(200, record.as_dict(), None, idempotent=True))
-        placement = decisions.plan_create(catalog, request, self.now)
+        placement = self.facts.placements.get(command.command_id)  # planned on this run's configuration
+        if placement is None:
+            placement = decisions.plan_create(catalog, request, self.now)
         day = self._day(placement.stream_id)
         key = _key(org, catalog, request["parent_phone"], placement)
         duplicate = self._duplicate(key, None)

@@ -36,7 +36,13 @@ _ALPHABET = string.ascii_lowercase + string.digits
 
 
 def new_appointment_id() -> str:
-    return "appt_" + "".join(secrets.choice(_ALPHABET) for _ in range(10))
+    """`appt_` + 10 random lowercase letters and digits (51 bits)."""
+    n = secrets.randbits(51)
+    chars = []
+    for _ in range(10):
+        n, digit = divmod(n, 36)
+        chars.append(_ALPHABET[digit])
+    return "appt_" + "".join(chars)
 
 
 def utcnow() -> datetime:

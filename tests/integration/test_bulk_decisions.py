@@ -1,0 +1,145 @@
+"""Kafka commands decided set-wise (services/bulk.py) against a real PostgreSQL answer exactly as the same
+commands decided one by one through the handler: capacity, the duplicate rule across windows, places freed
+and retaken within the batch, external references, unknown appointments and orgs, a doctor's command in the
+middle (careful path, in its turn), and every effect committed with its result once."""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from domain.errors import DomainError
+from schemas.kafka import COMMAND
+from services import commands
+from services.bulk import BulkDecider, Decided
+from services.command_results import recall
+from services.handler import CommandHandler
+from services.outcome import Meta
+from tests.builders import create_body
+from tests.integration.test_command_handler import at, clinic
+
+DAY = dt.date.today() + dt.timedelta(days=3)
+NEXT = DAY + dt.timedelta(days=1)
+
+
+@dataclass
+class Item:
+    command: Any
+    answer: tuple | None = None
+    decided: Decided | None = None  # set-wise (None: the careful path answered it)
+
+
+def envelope(org_id: str, n: int, type_: str, payload: dict, appointment_id: str | None = None) -> Any:
+    raw = {"command_id": str(uuid.uuid5(uuid.UUID(org_id), str(n))), "org_id": org_id, "type": type_, "payload": payload}
+    if appointment_id:
+        raw["appointment_id"] = appointment_id
+    return COMMAND.validate_python(raw)
+
+
+def summary(status: int, data: dict | None = None, code: str | None = None) -> tuple:
+    if code is not None:
+        return (status, code)
+    return (status, data["date"], data["session"], data["status"], data["parent_phone"], data["version"])
+
+
+def script(org_id: str, ids: dict[str, str]) -> list[Any]:
+    """Commands in batch order; `ids` maps a label to the appointment id the first answer gave it."""
+    c = lambda n, t, p, a=None: envelope(org_id, n, t, p, ids.get(a, a))  # noqa: E731
+    return [
+        c(1, "create_appointment", create_body(at("09:30"), "+11")),
+        c(2, "create_appointment", create_body(at("09:45"), "+12")),
+        c(3, "create_appointment", create_body(at("10:00"), "+13")),  # Morning full: SLOT_FULL
+        c(4, "create_appointment", create_body(at("17:30"), "+11")),  # same phone, same date: DUPLICATE
+        c(5, "create_appointment", create_body(at("17:30", NEXT), "+11")),
+        c(6, "cancel_appointment", {"cancellation_reason": "ill"}, "first"),
+        c(7, "create_appointment", create_body(at("10:15"), "+14")),  # the cancelled place is taken again
+        c(8, "create_appointment", {**create_body(at("18:00"), "+15"), "external_reference_id": "ext-1"}),
+        c(9, "create_appointment", {**create_body(at("18:15"), "+16"), "external_reference_id": "ext-1"}),
+        c(10, "update_appointment", {"appointment_date": at("18:30")}, "second"),  # moves out of Morning
+        c(11, "create_appointment", create_body(at("11:00"), "+17")),  # into the place it left
+        c(12, "update_appointment", {"notes": "x"}, "appt_nosuchone"),
+        c(13, "create_appointment", {**create_body(at("17:45", NEXT), "+18"), "assigned_doctor": "Dr. Rao"}),
+        c(14, "complete_appointment", {"diagnosis": "fine"}, "fifth"),
+        c(15, "create_appointment", create_body("2020-01-01T09:30:00Z", "+19")),  # in the past
+    ]
+
+
+LABELS = {1: "first", 2: "second", 5: "fifth"}
+
+
+async def one_by_one(handler: CommandHandler, org_id: str) -> list[tuple]:
+    ids: dict[str, str] = {}
+    out = []
+    for n in range(1, len(script(org_id, ids)) + 1):
+        command = script(org_id, ids)[n - 1]  # built again: labels resolve as answers come
+        try:
+            outcome = await commands.execute(handler, command, Meta(command_id=str(command.command_id)))
+            out.append(summary(outcome.status, outcome.data))
+            if n in LABELS:
+                ids[LABELS[n]] = outcome.data["appointment_id"]
+        except DomainError as exc:
+            out.append(summary(exc.status, code=exc.code))
+    return out
+
+
+async def set_wise(handler: CommandHandler, org_id: str) -> tuple[list[tuple], list[Item]]:
+    """Labelled appointments are created first (one run), then the whole script runs set-wise in one go."""
+    ids: dict[str, str] = {}
+    first = [Item(c) for c in script(org_id, ids)[:5]]
+
+    async def careful(item: Item) -> None:
+        try:
+            outcome = await commands.execute(handler, item.command, Meta(command_id=str(item.command.command_id)))
+            item.answer = summary(outcome.status, outcome.data)
+        except DomainError as exc:
+            item.answer = summary(exc.status, code=exc.code)
+
+    def settle(item: Item, decided: Decided) -> None:
+        item.answer = summary(decided.refusal.status, code=decided.refusal.code) if decided.refusal else \
+            summary(decided.outcome.status, decided.outcome.data)
+        item.decided = decided
+
+    bulk = BulkDecider(handler)
+    await bulk.run(first, careful, settle)
+    for n, label in LABELS.items():
+        ids[label] = first[n - 1].decided.outcome.data["appointment_id"]
+    rest = [Item(c) for c in script(org_id, ids)[5:]]
+    await bulk.run(rest, careful, settle)
+    items = first + rest
+    return [item.answer for item in items], items
+
+
+async def bookings(pool, org_id: str) -> list[tuple]:
+    async with pool.acquire() as conn:
+        return [tuple(r) for r in await conn.fetch(
+            "SELECT a.date, a.record->>'session', a.record->>'parent_phone', a.status,"
+            " b.appointment_id IS NOT NULL AS counted FROM rm_appointments a"
+            " LEFT JOIN rm_schedule_bookings b USING (appointment_id) WHERE a.org_id = $1 ORDER BY 1, 2, 3",
+            uuid.UUID(org_id))]
+
+
+async def test_set_wise_decisions_answer_as_one_by_one(pool, store):
+    by_one = CommandHandler(pool, store)
+    reference_org = await clinic(by_one)
+    expected = await one_by_one(by_one, reference_org)
+    handler = CommandHandler(pool, store)
+    org_id = await clinic(handler)
+    got, items = await set_wise(handler, org_id)
+    assert got == expected
+    codes = {a[1] for a in expected if len(a) == 2}
+    assert codes == {"SLOT_FULL", "DUPLICATE_BOOKING", "NOT_FOUND", "PAST_APPOINTMENT"}, expected
+    assert expected[6][0] == 201 and expected[10][0] == 201  # freed places taken again within the batch
+    assert expected[8][0] == 200  # the repeated external reference answered idempotently
+    assert items[12].decided is None  # the doctor's create took the careful path, in its turn
+    assert sum(i.decided is not None for i in items) == len(items) - 1
+    # The read models agree with the one-by-one org's, row for row.
+    assert await bookings(pool, org_id) == await bookings(pool, reference_org)
+
+    # Every effect is in the log with its result, at the position answered.
+    async with pool.acquire() as conn:
+        results = await recall(conn, [i.command.command_id for i in items])
+    for item in items:
+        if item.decided is not None and item.decided.outcome is not None and item.decided.outcome.position:
+            stored = results[item.command.command_id]
+            assert stored["position"] == item.decided.outcome.position == stored["data"]["position"]
