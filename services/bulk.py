@@ -34,7 +34,7 @@ from services.commands import appointment_patch
 from services.handler import CommandHandler, new_appointment_id
 from services.logs import log
 from services.outcome import Meta, Outcome, written
-from services.store.eventstore import DATABASE_UNAVAILABLE
+from services.store.pool import DATABASE_UNAVAILABLE
 from services.unit_of_work import Change, Conflict, Work
 
 TYPES = frozenset({"create_appointment", "update_appointment", "cancel_appointment", "complete_appointment"})

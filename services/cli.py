@@ -113,7 +113,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     async def run() -> list[str]:
         from services.projector import rebuild_after_migrations
-        from services.store.eventstore import EventStore, create_pool
+        from services.store.eventstore import EventStore
+        from services.store.pool import create_pool
 
         conn = await asyncpg.connect(settings.database_url)
         try:

@@ -33,7 +33,7 @@ from services.handler import CommandHandler
 from services.outcome import Meta
 from services.logs import log
 from services.loops import health
-from services.store.eventstore import DATABASE_UNAVAILABLE
+from services.store.pool import DATABASE_UNAVAILABLE
 from services.settings import Settings
 
 COMMANDS = Counter("slotledger_kafka_commands_total", "Kafka commands by result", ["type", "ok"])

@@ -21,7 +21,8 @@ from services.gateway.app import build_app
 from services.projector import ProjectorRunner, rebuild_after_migrations
 from services.relay import Relay
 from services.settings import Settings
-from services.store.eventstore import EventStore, LogWaker, create_pool
+from services.store.eventstore import EventStore, LogWaker
+from services.store.pool import create_pool
 from services.store.migrate import migrate
 
 COMPONENTS = ("gateway", "projectors", "ingestor", "relay")

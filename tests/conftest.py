@@ -16,7 +16,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.store.eventstore import EventStore, create_pool
+from services.store.eventstore import EventStore
+from services.store.pool import create_pool
 from services.store.migrate import migrate
 
 

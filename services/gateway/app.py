@@ -18,7 +18,7 @@ from schemas.saludya import SaludYaAppointment, SaludYaUpdate
 from services.gateway import handlers as h
 from services.gateway import inputs, registry, saludya
 from services.logs import log
-from services.store.eventstore import DATABASE_UNAVAILABLE
+from services.store.pool import DATABASE_UNAVAILABLE
 from services.gateway.backend import Backend
 
 BACKEND = web.AppKey("backend", Backend)

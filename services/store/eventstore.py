@@ -10,16 +10,6 @@ from datetime import datetime
 from typing import Any, Callable, NamedTuple, Sequence
 
 import asyncpg
-import orjson
-
-
-# The database is not there (down, restarting, stalled past a timeout, out of connections): the caller answers
-# 503 SERVICE_UNAVAILABLE, or a loop backs off and retries. Never a 500.
-# (InternalClientError: a pooled connection whose statement timed out as the server died is still busy when
-# it is released; the pool terminates it, and the caller is told the database is unavailable.)
-DATABASE_UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-                        asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, asyncpg.AdminShutdownError,
-                        asyncpg.CrashShutdownError, asyncpg.exceptions.InternalClientError)
 
 
 class ConcurrencyError(Exception):
@@ -153,47 +143,6 @@ LIMIT $3
 
 
 _READ_COMMITTED = _READ_LOG.replace("  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())\n", "")
-
-
-def _dumps(value: Any) -> str:
-    # default=str: asyncpg's own UUID type (ids read back from the database), which orjson does not know
-    return orjson.dumps(value, default=str).decode()
-
-
-async def init_connection(conn: asyncpg.Connection) -> None:
-    for kind in ("json", "jsonb"):
-        await conn.set_type_codec(kind, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
-
-
-async def _release(conn: asyncpg.Connection) -> None:
-    """Instead of asyncpg's reset query on every release (a round trip each time): our pooled connections never
-    LISTEN, SET or hold session locks; only an unfinished transaction would leak, and that is rolled back."""
-    if conn.is_in_transaction():
-        await conn.execute("ROLLBACK")
-
-
-class BoundedPool(asyncpg.Pool):
-    """asyncpg's pool, with a bound on waiting for a connection: when the database stalls, every connection is
-    busy and callers would otherwise queue for as long as the stall lasts."""
-    acquire_timeout: float = 5.0
-
-    def acquire(self, *, timeout: float | None = None):
-        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
-
-
-async def create_pool(url: str, schema: str = "public", min_size: int = 2, max_size: int = 20,
-                      connect_timeout: float = 5.0, statement_timeout: float = 10.0,
-                      acquire_timeout: float = 5.0) -> asyncpg.Pool:
-    """Bounded waits: a connection from the pool within `acquire_timeout`, a new one within `connect_timeout`,
-    any statement within `statement_timeout`; past any of them the caller sees TimeoutError (the database is
-    unavailable: a 503, or a loop's retry)."""
-    pool = BoundedPool(
-        url, min_size=min_size, max_size=max_size, max_queries=50_000, max_inactive_connection_lifetime=300.0,
-        loop=None, connect=None, setup=None, init=init_connection, reset=_release,
-        connection_class=asyncpg.Connection, record_class=asyncpg.Record, timeout=connect_timeout,
-        command_timeout=statement_timeout, server_settings={"search_path": schema, "application_name": "slotledger"})
-    pool.acquire_timeout = acquire_timeout
-    return await pool
 
 
 def _row_to_event(row: asyncpg.Record) -> StoredEvent:
