@@ -55,9 +55,10 @@ def parse_hhmm(value: str, field: str) -> time:
         return parsed
     if not isinstance(value, str) or not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
         raise validation(field, "must be HH:MM (24-hour)")
+    parsed = time(int(value[:2]), int(value[3:]))
     if len(_HHMM) < 4096:
-        _HHMM[value] = time(int(value[:2]), int(value[3:]))
-    return time(int(value[:2]), int(value[3:]))
+        _HHMM[value] = parsed
+    return parsed
 
 
 def parse_day(value: str, field: str = "date") -> date:

@@ -261,7 +261,7 @@ class _Run:
             return Decided(command, refusal=exc)
 
     def _create(self, command: Any, org: str, meta: Meta) -> Decided:
-        version, catalog = self.facts.catalogs[org]
+        catalog = self.facts.catalogs[org][1]
         request = command.payload.model_dump()
         ref = request.get("external_reference_id")
         if ref:
@@ -286,7 +286,7 @@ class _Run:
         return self._answer(command, org, meta, written(201, record.as_dict(), None), day)
 
     def _update(self, command: Any, org: str, meta: Meta) -> Decided:
-        version, catalog = self.facts.catalogs[org]
+        catalog = self.facts.catalogs[org][1]
         appointment_id = command.appointment_id
         home = self.facts.homes.get(appointment_id)
         if home is None or home[0] != org:
