@@ -32,6 +32,7 @@ class OrgSettings:
     require_cancellation_reason: bool = False
     require_diagnosis_on_complete: bool = False
     phone_region: str | None = None  # ISO 3166-1 alpha-2: how national phone numbers are read
+    waitlist_offer_minutes: int = 15  # how long a freed place is held for the first waiting entry (DESIGN §8)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -40,7 +41,8 @@ class OrgSettings:
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(OrgSettings))
 # DESIGN §3: no setting can be set to a value that makes later commands fail.
 SETTING_BOUNDS = {"buffer_time_minutes": (0, 1440), "max_advance_booking_days": (1, 3650),
-                  "min_notice_hours": (0, 8760), "cancellation_notice_hours": (0, 8760)}
+                  "min_notice_hours": (0, 8760), "cancellation_notice_hours": (0, 8760),
+                  "waitlist_offer_minutes": (1, 1440)}
 
 
 @dataclass(frozen=True)

@@ -90,17 +90,31 @@ def suggest_times(catalog: Catalog, service_id: str, branch_id: str, wanted: Doc
         candidate = DoctorTime(wanted.appointment_id, wanted.doctor, moment, moment + length)
         if candidate.start <= earliest or first_clash(candidate, busy) is not None:
             continue
-        if any(_has_room(days.get(stream_id(w.window_id, the_date)), w, service_id, wanted.appointment_id)
+        if any(_has_room(days.get(stream_id(w.window_id, the_date)), w, service_id, wanted.appointment_id, now)
                for w in catalog.windows_at(branch_id, moment, service_id, None)):
             found.append(candidate.start.astimezone(timezone.utc))
     return found
 
 
-def _has_room(day: WindowDay | None, window, service_id: str, excluding: str) -> bool:
+def _has_room(day: WindowDay | None, window, service_id: str, excluding: str, now: datetime) -> bool:
     if not window.enabled:
         return False
     day = day or WindowDay(window.window_id, "")
-    return day.effective_status(window) == "OPEN" and day.booked(service_id, excluding) < day.capacity(window)
+    return day.effective_status(window) == "OPEN" and \
+        day.booked(service_id, excluding) + day.held(service_id, now, excluding) < day.capacity(window)
+
+
+def hold_time(hold, catalog: Catalog) -> DoctorTime | None:
+    """The time a hold keeps its doctor, as a booking of it would."""
+    doctor = catalog.resolve_doctor(hold.assigned_doctor)
+    key = doctor.doctor_id if doctor is not None else doctor_key(hold.assigned_doctor)
+    if key is None:
+        return None
+    start = parse_instant(hold.appointment_date)
+    service = catalog.services.get(hold.appointment_type)
+    minutes = (hold.duration_minutes or (service.duration_minutes if service else 0)) \
+        + catalog.settings.buffer_time_minutes
+    return DoctorTime(hold.hold_id, key, start, start + timedelta(minutes=minutes))
 
 
 def conflict(clash: DoctorTime, suggestions: list[datetime]) -> DomainError:

@@ -160,12 +160,81 @@ class NotificationRequested(Event):
     channel_hint: str | None = None
 
 
+# -- holds and the waitlist, in the window-day they hold a place in (DESIGN §8) ---------------------------
+
+@dataclass(frozen=True)
+class HoldPlaced(Event):
+    """A place kept for a caller until `hold["expires_at"]`; a waitlist offer when `hold["waitlist_id"]` is set."""
+    type = "hold.placed"
+    hold: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class HoldConfirmed(Event):
+    """The hold became the booking `appointment_id` (whose appointment.booked follows in the same commit)."""
+    type = "hold.confirmed"
+    hold_id: str
+    appointment_id: str
+    waitlist_id: str | None = None
+
+
+@dataclass(frozen=True)
+class HoldReleased(Event):
+    type = "hold.released"
+    hold_id: str
+    waitlist_id: str | None = None
+
+
+@dataclass(frozen=True)
+class HoldExpired(Event):
+    """Appended by the sweeper; an expired hold stopped counting at `expires_at`, before this event."""
+    type = "hold.expired"
+    hold_id: str
+    waitlist_id: str | None = None
+
+
+@dataclass(frozen=True)
+class WaitlistJoined(Event):
+    """In every window-day whose queue the entry joins (`entry["streams"]`), in one commit."""
+    type = "waitlist.joined"
+    entry: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WaitlistOffered(Event):
+    """A freed place, held for the first waiting entry until `expires_at`: a notifier tells the patient."""
+    type = "waitlist.offered"
+    waitlist_id: str
+    hold_id: str
+    expires_at: str
+    patient_name: str
+    parent_phone: str
+
+
+@dataclass(frozen=True)
+class WaitlistOfferExpired(Event):
+    type = "waitlist.offer_expired"
+    waitlist_id: str
+    hold_id: str
+
+
+@dataclass(frozen=True)
+class WaitlistLeft(Event):
+    """The entry leaves this window-day's queue: `left` (the patient asked) or `offered_elsewhere` (another of
+    its window-days offered it a place in the same commit)."""
+    type = "waitlist.left"
+    waitlist_id: str
+    reason: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls for cls in (
         OrgCreated, OrgSettingsChanged, ServiceAdded, BranchAdded, WindowCreated, WindowChanged, WindowDisabled,
         DoctorRegistered, DoctorChanged, PatientRegistered,
         WindowDayAdjusted, AppointmentBooked, AppointmentRescheduled, AppointmentMovedOut,
         AppointmentDetailsChanged, AppointmentStatusChanged, NotificationRequested,
+        HoldPlaced, HoldConfirmed, HoldReleased, HoldExpired,
+        WaitlistJoined, WaitlistOffered, WaitlistOfferExpired, WaitlistLeft,
     )
 }
 

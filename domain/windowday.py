@@ -14,6 +14,7 @@ from typing import Any
 from domain import events as ev
 from domain import patients
 from domain.appointment import Appointment
+from domain.hold import Hold, WaitlistEntry
 from domain.patients import phone_key
 from domain.catalog import Branch, Catalog, Service, Window
 from domain.errors import DomainError, validation
@@ -72,6 +73,8 @@ class WindowDay:
     last_token: int = 0
     phone_region: str | None = None  # the org's, for comparing phones (a cached day is reloaded if it changes)
     appointments: dict[str, Appointment] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)  # placed and not yet confirmed, released or expired
+    waiting: list[WaitlistEntry] = field(default_factory=list)  # the queue, in join order
     # Derived from the active appointments, so a decision never scans the day: who holds which
     # (phone, type), and how many hold each type.
     _holders: dict[tuple[str, str], set[str]] = field(default_factory=dict, repr=False, compare=False)
@@ -100,7 +103,21 @@ class WindowDay:
                     self.status = event.status
                 if event.max_slots is not None:
                     self.max_slots = event.max_slots
+            case ev.HoldPlaced():
+                hold = Hold.from_dict(event.hold)
+                self.holds[hold.hold_id] = hold
+                self._dequeue(hold.waitlist_id)
+            case ev.HoldConfirmed() | ev.HoldReleased() | ev.HoldExpired():
+                self.holds.pop(event.hold_id, None)
+            case ev.WaitlistJoined():
+                self.waiting.append(WaitlistEntry.from_dict(event.entry))
+            case ev.WaitlistOffered() | ev.WaitlistLeft():
+                self._dequeue(event.waitlist_id)
         self.version += 1
+
+    def _dequeue(self, waitlist_id: str | None) -> None:
+        if waitlist_id is not None:
+            self.waiting = [e for e in self.waiting if e.waitlist_id != waitlist_id]
 
     def _touch(self, appointment_id: str, updated_at: str, changes: dict[str, Any]) -> None:
         record = self.appointments[appointment_id]
@@ -138,6 +155,22 @@ class WindowDay:
         if other is not None and other.appointment_type == service_id and other.active:
             count -= 1
         return count
+
+    def held(self, service_id: str, now: datetime, ignoring: str | None = None) -> int:
+        """Live holds of the service: an expired one never counts, swept or not."""
+        if not self.holds:
+            return 0
+        return sum(1 for h in self.holds.values()
+                   if h.appointment_type == service_id and h.hold_id != ignoring and h.live(now))
+
+    def free(self, window: Window, service_id: str, now: datetime) -> int:
+        """Places a new booking or hold of the service could take now."""
+        if self.effective_status(window) != "OPEN":
+            return 0
+        return max(self.capacity(window) - self.booked(service_id) - self.held(service_id, now), 0)
+
+    def hold_of_entry(self, waitlist_id: str) -> Hold | None:
+        return next((h for h in self.holds.values() if h.waitlist_id == waitlist_id), None)
 
     def filled_by_service(self) -> dict[str, int]:
         return {service: n for service, n in self._active.items() if n}
@@ -177,21 +210,24 @@ def place(catalog: Catalog, service: Service, branch: Branch, start: datetime, s
     return Placement(service, branch, open_first[0], start, start_local.date())
 
 
-def _check_bookable(catalog: Catalog, day: WindowDay, placement: Placement, phone: str,
-                    duplicate_of: str | None, excluding: str | None = None) -> None:
-    """Rules 8–10 on the target window-day."""
+def check_bookable(catalog: Catalog, day: WindowDay, placement: Placement, phone: str | None,
+                   duplicate_of: str | None, now: datetime, excluding: str | None = None,
+                   ignoring_hold: str | None = None) -> None:
+    """Rules 8–10 on the target window-day; live holds count against capacity (except `ignoring_hold`, the
+    place being confirmed). No phone (a hold may come without one): no duplicate rule."""
     window = placement.window
     if day.effective_status(window) != "OPEN":
         raise DomainError("SLOT_INACTIVE", f"the {window.session} window on {day.date} is closed",
                           {"window_id": window.window_id, "date": day.date, "status": "CLOSED"})
-    if catalog.settings.prevent_duplicate_bookings:
+    if catalog.settings.prevent_duplicate_bookings and phone is not None:
         existing = duplicate_of or day.duplicate_of(phone, placement.service.service_id, excluding)
         if existing and existing != excluding:
             raise DomainError("DUPLICATE_BOOKING", "an active appointment already exists for this phone number, "
                               "appointment type and date", {"existing_appointment_id": existing},
                               extra={"existing_appointment_id": existing})
     capacity = day.capacity(window)
-    if day.booked(placement.service.service_id, excluding) >= capacity:
+    service_id = placement.service.service_id
+    if day.booked(service_id, excluding) + day.held(service_id, now, ignoring_hold) >= capacity:
         raise DomainError("SLOT_FULL", f"the {window.session} window on {day.date} has no capacity left for "
                           f"{placement.service.name}", {"window_id": window.window_id, "date": day.date,
                                                         "max_slots": capacity})
@@ -202,14 +238,14 @@ def _doctor_name(doctor, given: str | None) -> str | None:
     return doctor.name if doctor is not None and given == doctor.doctor_id else given
 
 
-def _next_token(catalog: Catalog, day: WindowDay) -> int | None:
+def next_token(catalog: Catalog, day: WindowDay) -> int | None:
     return day.last_token + 1 if catalog.settings.token_numbering else None
 
 
 def book(catalog: Catalog, day: WindowDay, placement: Placement, request: dict[str, Any], appointment_id: str,
-         now: datetime, duplicate_of: str | None = None) -> list[ev.Event]:
+         now: datetime, duplicate_of: str | None = None, ignoring_hold: str | None = None) -> list[ev.Event]:
     """Rules 8–10, then the booking. `request` holds the create body's validated fields."""
-    _check_bookable(catalog, day, placement, request["parent_phone"], duplicate_of)
+    check_bookable(catalog, day, placement, request["parent_phone"], duplicate_of, now, ignoring_hold=ignoring_hold)
     stamp = iso_utc(now)
     window = placement.window
     doctor = catalog.resolve_doctor(request.get("assigned_doctor"))
@@ -221,7 +257,7 @@ def book(catalog: Catalog, day: WindowDay, placement: Placement, request: dict[s
         date=placement.local_date.isoformat(),
         session=window.session,
         batch=request.get("batch") or window.batch,
-        token=_next_token(catalog, day),
+        token=next_token(catalog, day),
         patient_name=request["patient_name"],
         parent_phone=request["parent_phone"],
         assigned_doctor=_doctor_name(doctor, request.get("assigned_doctor")),
@@ -335,15 +371,15 @@ def update(catalog: Catalog, source: WindowDay, appointment_id: str, patch: dict
     home = source
     if placement is not None:
         assert target is not None
-        _check_bookable(catalog, target, placement, appointment.parent_phone, duplicate_of,
-                        excluding=appointment_id)
+        check_bookable(catalog, target, placement, appointment.parent_phone, duplicate_of, now,
+                       excluding=appointment_id)
         same_day = target.stream_id == source.stream_id
         window = placement.window
         moved = appointment.changed(
             stamp, window_id=window.window_id, date=placement.local_date.isoformat(),
             appointment_date=iso_utc(placement.start), session=patch.get("session") or window.session,
             batch=patch.get("batch") or window.batch,
-            token=appointment.token if same_day else _next_token(catalog, target),
+            token=appointment.token if same_day else next_token(catalog, target),
             status="confirmed" if patch.get("status") == "confirmed" else "rescheduled")
         previous = {k: getattr(appointment, k) for k in ("window_id", "date", "appointment_date", "session",
                                                          "batch", "token", "status")}

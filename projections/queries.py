@@ -13,7 +13,7 @@ from domain import windowday as wd
 from domain.patients import phone_key
 from domain.catalog import Catalog, Window
 from domain.errors import DomainError, validation
-from domain.timerules import days_between, parse_day
+from domain.timerules import days_between, iso_utc, parse_day, parse_instant
 from schemas.text import text_problem
 
 
@@ -121,9 +121,21 @@ async def schedule_tracking(conn: asyncpg.Connection, catalog: Catalog, date_fro
             for day in days_between(date_from, date_to) for w in windows if w.occurs_on(day)]
 
 
+async def _held(conn: asyncpg.Connection, org_id: str, date: dt.date, now: dt.datetime) -> dict:
+    """Live holds per (window, service) on a date: an expired hold never counts, swept or not."""
+    held: dict[str, dict[str, int]] = {}
+    for row in await conn.fetch(
+            "SELECT window_id, service_id, count(*) AS n FROM rm_holds WHERE org_id = $1 AND date = $2"
+            " AND status = 'held' AND expires_at > $3 GROUP BY window_id, service_id", uuid.UUID(org_id), date, now):
+        held.setdefault(row["window_id"], {})[row["service_id"]] = row["n"]
+    return held
+
+
 async def availability(conn: asyncpg.Connection, catalog: Catalog, date: dt.date, branch_id: str | None,
-                       service_id: str | None, session: str | None) -> list[dict[str, Any]]:
+                       service_id: str | None, session: str | None, now: dt.datetime) -> list[dict[str, Any]]:
+    """Per window-day: `booked` (active appointments), `held` (live holds) and what is left, `available`."""
     rows = []
+    held_by_window = await _held(conn, catalog.org_id, date, now)
     for view in await schedule_tracking(conn, catalog, date, date, branch_id):
         if session and view["session"].casefold() != session.casefold():
             continue
@@ -131,21 +143,81 @@ async def availability(conn: asyncpg.Connection, catalog: Catalog, date: dt.date
             continue
         filled = view.pop("filled_by_service")
         view.pop("filled_count")
+        held = held_by_window.get(view["window_id"], {})
         open_ = view["status"] == "OPEN"
+
+        def left(sid: str) -> int:
+            return max(view["max_slots"] - filled.get(sid, 0) - held.get(sid, 0), 0) if open_ else 0
+
         if service_id:
-            booked = filled.get(service_id, 0)
-            view.update(appointment_type=service_id, booked=booked,
-                        available=max(view["max_slots"] - booked, 0) if open_ else 0)
+            view.update(appointment_type=service_id, booked=filled.get(service_id, 0),
+                        held=held.get(service_id, 0), available=left(service_id))
         else:
             types = [view["service_id"]] if view["service_id"] else sorted(catalog.services)
             view["by_service"] = {
-                sid: {"name": catalog.services[sid].name, "booked": filled.get(sid, 0),
-                      "available": max(view["max_slots"] - filled.get(sid, 0), 0) if open_ else 0}
+                sid: {"name": catalog.services[sid].name, "booked": filled.get(sid, 0), "held": held.get(sid, 0),
+                      "available": left(sid)}
                 for sid in types}
             view["booked"] = sum(filled.values())
+            view["held"] = sum(held.values())
             view["available"] = sum(s["available"] for s in view["by_service"].values())
         rows.append(view)
     return rows
+
+
+# -- holds and the waitlist ------------------------------------------------------------------------------
+
+def hold_view(record: dict[str, Any], status: str, appointment_id: str | None, now: dt.datetime) -> dict[str, Any]:
+    """A hold as the API shows it: `expired` from `expires_at` on, whether or not the sweeper has been by."""
+    if status == "held" and now >= parse_instant(record["expires_at"], "expires_at"):
+        status = "expired"
+    return {**record, "status": status, "appointment_id": appointment_id}
+
+
+async def hold(conn: asyncpg.Connection, org_id: str, hold_id: str, now: dt.datetime) -> dict[str, Any] | None:
+    row = await conn.fetchrow("SELECT record, status, appointment_id FROM rm_holds WHERE org_id = $1 AND hold_id = $2",
+                              uuid.UUID(org_id), hold_id)
+    return None if row is None else hold_view(row["record"], row["status"], row["appointment_id"], now)
+
+
+# An entry's place in line: waiting entries that share one of its window-days and joined no later.
+_ENTRIES = """
+SELECT w.record, w.status, w.hold_id, w.offer_expires_at, w.appointment_id, w.streams,
+       CASE WHEN w.status = 'waiting' THEN (SELECT count(*) FROM rm_waitlist o WHERE o.org_id = w.org_id
+            AND o.date = w.date AND o.status = 'waiting' AND o.streams && w.streams AND o.seq <= w.seq) END AS position
+FROM rm_waitlist w WHERE w.org_id = $1"""
+
+
+def entry_view(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    record = dict(row["record"])
+    streams = record.pop("streams")
+    offered_until = row["offer_expires_at"]
+    return {**record, "window_ids": [wd.split_stream_id(s)[0] for s in streams], "streams": streams,
+            "status": row["status"], "position": row["position"], "hold_id": row["hold_id"],
+            "offer_expires_at": offered_until and iso_utc(offered_until), "appointment_id": row["appointment_id"]}
+
+
+async def waitlist_entry(conn: asyncpg.Connection, org_id: str, waitlist_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(_ENTRIES + " AND w.waitlist_id = $2", uuid.UUID(org_id), waitlist_id)
+    return None if row is None else entry_view(row)
+
+
+async def waitlist_by_ref(conn: asyncpg.Connection, org_id: str, ref: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(_ENTRIES + " AND w.external_reference_id = $2 AND w.status IN ('waiting', 'offered')",
+                              uuid.UUID(org_id), ref)
+    return None if row is None else entry_view(row)
+
+
+async def waitlist(conn: asyncpg.Connection, org_id: str, date: dt.date, branch_id: str | None,
+                   service_id: str | None, status: str | None) -> list[dict[str, Any]]:
+    """The date's entries in join order."""
+    args: list[Any] = [uuid.UUID(org_id), date]
+    where = " AND w.date = $2"
+    for column, value in (("branch_id", branch_id), ("service_id", service_id), ("status", status)):
+        if value is not None:
+            args.append(value)
+            where += f" AND w.{column} = ${len(args)}"
+    return [entry_view(row) for row in await conn.fetch(_ENTRIES + where + " ORDER BY w.seq", *args)]
 
 
 async def history(conn: asyncpg.Connection, org_id: str, appointment_id: str) -> list[dict[str, Any]]:

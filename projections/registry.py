@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from projections.appointments import AppointmentsProjector
 from projections.base import Projector
+from projections.holds import HoldsProjector
 from projections.schedule import ScheduleProjector
 
-INLINE: tuple[Projector, ...] = (AppointmentsProjector(), ScheduleProjector())
+INLINE: tuple[Projector, ...] = (AppointmentsProjector(), ScheduleProjector(), HoldsProjector())
 ASYNCHRONOUS: tuple[Projector, ...] = ()
 
 

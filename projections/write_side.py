@@ -5,15 +5,19 @@ and their unique and exclusion constraints turn a lost race into a retry.
 - appointment_streams: which window-day holds the appointment now;
 - booking_refs: one active appointment per external_reference_id;
 - booking_keys: the duplicate rule, one active booking per phone, type and local date;
-- doctor_bookings: the time an appointment holds its doctor (no two overlap: an exclusion constraint).
+- doctor_bookings: the time an appointment, or a live hold, keeps its doctor (no two overlap: an exclusion
+  constraint).
 """
 from __future__ import annotations
 
 import datetime as dt
 from domain import doctors
+from domain import events as ev
 from domain.appointment import Appointment
+from domain.hold import Hold
 from domain.catalog import Catalog
 from domain.patients import phone_key
+from domain.timerules import parse_instant
 from domain.windowday import stream_id
 from projections.base import Write, recordset
 
@@ -68,6 +72,30 @@ def writes(before: Appointment | None, after: Appointment, org_id, catalog: Cata
         else:
             out.append(Write(table, _UPSERTS[table], row, (appointment_id,)))
     return out
+
+
+_HOLD_DOCTOR = ("INSERT INTO doctor_bookings (appointment_id, org_id, doctor, starts_at, ends_at, hold_expires_at)"
+                " SELECT * FROM " + recordset("hold_id text, org_id uuid, doctor text, starts_at timestamptz,"
+                                              " ends_at timestamptz, hold_expires_at timestamptz")
+                + " WHERE {guard}")
+
+
+def hold_writes(event: ev.Event, org_id, catalog: Catalog) -> list[Write]:
+    """A hold keeps its doctor from its placing until it is confirmed (the booking's row takes over), released
+    or expired."""
+    match event:
+        case ev.HoldPlaced():
+            hold = Hold.from_dict(event.hold)
+            time = doctors.hold_time(hold, catalog)
+            if time is None:
+                return []
+            return [Write("doctor_bookings", _HOLD_DOCTOR, (hold.hold_id, org_id, time.doctor, time.start, time.end,
+                                                            parse_instant(hold.expires_at, "expires_at")),
+                          (hold.hold_id,))]
+        case ev.HoldConfirmed() | ev.HoldReleased() | ev.HoldExpired():
+            return [Write("doctor_bookings", _DELETE.format(table="doctor_bookings"), (event.hold_id,),
+                          (event.hold_id,))]
+    return []
 
 
 def config_changed(org_id) -> Write:

@@ -146,6 +146,80 @@ class NotificationRequested(Payload):
     channel_hint: str | None = None
 
 
+class HoldRecord(Payload):
+    """A hold as the window-day keeps it (HoldOut without its status)."""
+    hold_id: str = Field(pattern=r"^hold_[a-z0-9]{10}$")
+    appointment_type: str
+    branch_id: str
+    window_id: str
+    date: dt.date
+    session: Session
+    appointment_date: str
+    expires_at: str
+    created_at: str
+    patient_name: str | None
+    parent_phone: str | None
+    assigned_doctor: str | None
+    duration_minutes: int | None
+    external_reference_id: str | None
+    notes: str | None
+    reason: str | None
+    batch: str | None
+    waitlist_id: str | None
+
+
+class HoldPlaced(Payload):
+    hold: HoldRecord
+
+
+class HoldConfirmed(Payload):
+    hold_id: str
+    appointment_id: str = Field(description="The booking; its appointment.booked follows in the same commit")
+    waitlist_id: str | None = None
+
+
+class HoldEnded(Payload):
+    hold_id: str
+    waitlist_id: str | None = None
+
+
+class WaitlistEntryRecord(Payload):
+    waitlist_id: str = Field(pattern=r"^wl_[a-z0-9]{10}$")
+    appointment_type: str
+    branch_id: str
+    date: dt.date
+    session: Session | None
+    patient_name: str
+    parent_phone: str
+    external_reference_id: str | None
+    notes: str | None
+    joined_at: str
+    streams: list[str] = Field(description="The window-days whose queues the entry joined")
+
+
+class WaitlistJoined(Payload):
+    entry: WaitlistEntryRecord
+
+
+class WaitlistOffered(Payload):
+    """A freed place held for the first waiting entry: tell the patient (`parent_phone`)."""
+    waitlist_id: str
+    hold_id: str
+    expires_at: str
+    patient_name: str
+    parent_phone: str
+
+
+class WaitlistOfferExpired(Payload):
+    waitlist_id: str
+    hold_id: str
+
+
+class WaitlistLeft(Payload):
+    waitlist_id: str
+    reason: Literal["left", "offered_elsewhere"]
+
+
 # Event type → (schema version → payload model). A new version of a payload is added here, never edited.
 EVENT_PAYLOADS: dict[str, dict[int, type[Payload]]] = {
     "org.created": {1: OrgCreated},
@@ -165,6 +239,14 @@ EVENT_PAYLOADS: dict[str, dict[int, type[Payload]]] = {
     "appointment.details_changed": {1: AppointmentDetailsChanged},
     "appointment.status_changed": {1: AppointmentStatusChanged},
     "appointment.notification_requested": {1: NotificationRequested},
+    "hold.placed": {1: HoldPlaced},
+    "hold.confirmed": {1: HoldConfirmed},
+    "hold.released": {1: HoldEnded},
+    "hold.expired": {1: HoldEnded},
+    "waitlist.joined": {1: WaitlistJoined},
+    "waitlist.offered": {1: WaitlistOffered},
+    "waitlist.offer_expired": {1: WaitlistOfferExpired},
+    "waitlist.left": {1: WaitlistLeft},
 }
 
 

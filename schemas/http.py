@@ -145,6 +145,7 @@ class GeneralSettings(BaseModel):
     require_cancellation_reason: bool
     require_diagnosis_on_complete: bool
     phone_region: str | None = None
+    waitlist_offer_minutes: int = 15
 
 
 class SettingsPatch(Changes):
@@ -152,7 +153,7 @@ class SettingsPatch(Changes):
                                            "min_notice_hours", "allow_reschedule", "allow_cancellation",
                                            "cancellation_notice_hours", "prevent_duplicate_bookings",
                                            "token_numbering", "require_cancellation_reason",
-                                           "require_diagnosis_on_complete")
+                                           "require_diagnosis_on_complete", "waitlist_offer_minutes")
     enabled: bool | None = None
     timezone: str | None = None
     buffer_time_minutes: int | None = Field(default=None, ge=0, le=1440)
@@ -167,6 +168,9 @@ class SettingsPatch(Changes):
     require_diagnosis_on_complete: bool | None = None
     phone_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$",
                                      description="ISO 3166-1 alpha-2: how national phone numbers are read")
+    waitlist_offer_minutes: int | None = Field(default=None, ge=1, le=1440,
+                                               description="How long a freed place is held for the first waiting "
+                                               "entry")
 
 
 class CreateService(Strict):
@@ -334,3 +338,88 @@ class ErrorBody(BaseModel):
 class ErrorResponse(BaseModel):
     success: Literal[False] = False
     error: ErrorBody
+
+
+# -- holds and the waitlist (DESIGN §8) -------------------------------------------------------------------
+
+HoldStatus = Literal["held", "confirmed", "released", "expired"]
+EntryStatus = Literal["waiting", "offered", "booked", "declined", "expired", "left"]
+
+
+class CreateHold(CreateAppointment):
+    """The create body, patient fields optional, and how long to keep the place."""
+    patient_name: str | None = Field(default=None, min_length=1, max_length=200)
+    parent_phone: str | None = Field(default=None, min_length=1, max_length=40,
+                                     description="When given, the duplicate rule applies to the hold")
+    hold_minutes: int = Field(default=5, ge=1, le=30)
+
+
+class ConfirmHold(Strict):
+    """Patient fields the hold was placed without (or corrections); the create's idempotency by reference."""
+    patient_name: str | None = Field(default=None, min_length=1, max_length=200)
+    parent_phone: str | None = Field(default=None, min_length=1, max_length=40)
+    external_reference_id: str | None = Field(default=None, min_length=1, max_length=200)
+    notes: str | None = Field(default=None, max_length=4000)
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+class HoldOut(BaseModel):
+    hold_id: str = Field(pattern=r"^hold_[a-z0-9]{10}$")
+    status: HoldStatus = Field(description="`expired` from expires_at on, even before the sweeper records it")
+    expires_at: str
+    appointment_type: str
+    branch_id: str
+    window_id: str
+    date: dt.date
+    session: Session
+    appointment_date: str
+    created_at: str
+    patient_name: str | None
+    parent_phone: str | None
+    assigned_doctor: str | None
+    duration_minutes: int | None
+    external_reference_id: str | None
+    notes: str | None
+    reason: str | None
+    batch: str | None
+    waitlist_id: str | None = Field(description="Set when the hold is a waitlist offer")
+    appointment_id: str | None = Field(description="The booking a confirmed hold became")
+
+
+class JoinWaitlist(Strict):
+    appointment_type: str = Field(min_length=1, description="Service UUID or name (case-insensitive)")
+    date: Day = Field(description="The local date wanted")
+    patient_name: str = Field(min_length=1, max_length=200)
+    parent_phone: str = Field(min_length=1, max_length=40)
+    branch_id: str | None = None
+    session: Session | None = Field(default=None, description="Only this session's window; else every window")
+    external_reference_id: str | None = Field(default=None, min_length=1, max_length=200,
+                                              description="A second join with a waiting reference returns the first")
+    notes: str | None = Field(default=None, max_length=4000)
+
+
+class WaitlistOut(BaseModel):
+    waitlist_id: str = Field(pattern=r"^wl_[a-z0-9]{10}$")
+    status: EntryStatus
+    position: int | None = Field(description="1 = next in line; null once no longer waiting")
+    appointment_type: str
+    branch_id: str
+    date: dt.date
+    session: Session | None
+    patient_name: str
+    parent_phone: str
+    external_reference_id: str | None
+    notes: str | None
+    joined_at: str
+    window_ids: list[str]
+    streams: list[str]
+    hold_id: str | None = Field(description="The hold of the place offered")
+    offer_expires_at: str | None
+    appointment_id: str | None = Field(description="The booking a confirmed offer became")
+
+
+class WaitlistQuery(Strict):
+    date: Day
+    branch_id: str | None = None
+    appointment_type: str | None = None
+    status: EntryStatus | None = None

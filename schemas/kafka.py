@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from schemas.http import CreateAppointment, Day, ErrorBody, CreateWindow, Strict, UpdateAppointment, UpdateWindow, UpdateWindowDay
+from schemas.http import ConfirmHold, CreateAppointment, CreateHold, CreateWindow, Day, ErrorBody, JoinWaitlist, \
+    Strict, UpdateAppointment, UpdateWindow, UpdateWindowDay
 
 
 # -- commands: <prefix>.commands ---------------------------------------------------------------------------
@@ -93,9 +94,43 @@ class UpdateWindowDayCommand(_Envelope):
     payload: UpdateWindowDay
 
 
+class CreateHoldCommand(_Envelope):
+    """POST /v1/appointment-holds."""
+    type: Literal["create_hold"]
+    payload: CreateHold
+
+
+class ConfirmHoldCommand(_Envelope):
+    """POST /v1/appointment-holds/{hold_id}/confirm."""
+    type: Literal["confirm_hold"]
+    hold_id: str
+    payload: ConfirmHold = Field(default_factory=ConfirmHold)
+
+
+class ReleaseHoldCommand(_Envelope):
+    """DELETE /v1/appointment-holds/{hold_id}."""
+    type: Literal["release_hold"]
+    hold_id: str
+    payload: NoPayload = Field(default_factory=NoPayload)
+
+
+class JoinWaitlistCommand(_Envelope):
+    """POST /v1/waitlist."""
+    type: Literal["join_waitlist"]
+    payload: JoinWaitlist
+
+
+class LeaveWaitlistCommand(_Envelope):
+    """DELETE /v1/waitlist/{waitlist_id}."""
+    type: Literal["leave_waitlist"]
+    waitlist_id: str
+    payload: NoPayload = Field(default_factory=NoPayload)
+
+
 _COMMANDS = (CreateAppointmentCommand, UpdateAppointmentCommand, CancelAppointmentCommand,
              CompleteAppointmentCommand, CreateWindowCommand, UpdateWindowCommand, DisableWindowCommand,
-             UpdateWindowDayCommand)
+             UpdateWindowDayCommand, CreateHoldCommand, ConfirmHoldCommand, ReleaseHoldCommand,
+             JoinWaitlistCommand, LeaveWaitlistCommand)
 Command = Annotated[Union[_COMMANDS], Field(discriminator="type")]
 COMMAND = TypeAdapter(Command)
 COMMAND_TYPES: tuple[str, ...] = tuple(c.model_fields["type"].annotation.__args__[0] for c in _COMMANDS)

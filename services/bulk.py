@@ -295,6 +295,8 @@ class _Run:
         before = source.appointments.get(appointment_id)
         if before is None:
             raise _Stop  # moved since it was read
+        if source.waiting:
+            raise _Stop  # a place it frees goes to the waitlist in its own commit, one by one
         patch = appointment_patch(command)
         plan = decisions.plan_update(catalog, before, patch, self.now)
         if plan.unchanged:

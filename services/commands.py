@@ -9,6 +9,7 @@ from domain import catalog as cat
 from domain.errors import DomainError, validation
 from domain.timerules import parse_day
 from schemas import kafka as k
+from schemas.http import ConfirmHold, CreateHold, JoinWaitlist
 from schemas.http import CreateAppointment, CreateBranch, CreateDoctor, CreateService, CreateWindow, SettingsPatch, \
     UpdateAppointment, UpdateDoctor, UpdateWindow, UpdateWindowDay
 from services.handler import CommandHandler
@@ -122,6 +123,21 @@ def appointment_patch(command: Any) -> dict[str, Any]:
     return patch_of(command.payload)
 
 
+# -- holds and the waitlist ------------------------------------------------------------------------------
+
+async def place_hold(handler: CommandHandler, org_id: str, body: CreateHold, meta: Meta) -> Outcome:
+    request = body.model_dump(exclude={"hold_minutes"})
+    return await handler.place_hold(org_id, request, body.hold_minutes, meta)
+
+
+async def confirm_hold(handler: CommandHandler, org_id: str, hold_id: str, body: ConfirmHold, meta: Meta) -> Outcome:
+    return await handler.confirm_hold(org_id, hold_id, body.model_dump(exclude_unset=True), meta)
+
+
+async def join_waitlist(handler: CommandHandler, org_id: str, body: JoinWaitlist, meta: Meta) -> Outcome:
+    return await handler.join_waitlist(org_id, body.model_dump(), meta)
+
+
 # -- Kafka: one envelope type → one of the commands above ------------------------------------------------
 
 Dispatch = Callable[[CommandHandler, Any, Meta], Awaitable[Outcome]]
@@ -138,6 +154,11 @@ BY_TYPE: dict[str, Dispatch] = {
     "disable_window": lambda h, c, m: disable_window(h, str(c.org_id), c.window_id, m),
     "update_window_day": lambda h, c, m: update_window_day(h, str(c.org_id), c.window_id, c.date.isoformat(),
                                                            c.payload, m),
+    "create_hold": lambda h, c, m: place_hold(h, str(c.org_id), c.payload, m),
+    "confirm_hold": lambda h, c, m: confirm_hold(h, str(c.org_id), c.hold_id, c.payload, m),
+    "release_hold": lambda h, c, m: h.release_hold(str(c.org_id), c.hold_id, m),
+    "join_waitlist": lambda h, c, m: join_waitlist(h, str(c.org_id), c.payload, m),
+    "leave_waitlist": lambda h, c, m: h.leave_waitlist(str(c.org_id), c.waitlist_id, m),
 }
 assert set(BY_TYPE) == set(k.COMMAND_TYPES), "every Kafka command type needs a dispatch"
 

@@ -6,8 +6,7 @@ constraints catch every race, and the command is decided again (bounded).
 """
 from __future__ import annotations
 
-import secrets
-import string
+import copy
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -22,41 +21,35 @@ from domain import windowday as wd
 from domain.patients import phone_key
 from domain.appointment import Appointment
 from domain.errors import DomainError, not_found
+from domain.holds import short_id
 from domain.timerules import local, parse_day
 from projections import write_side
 from projections.base import Write, recordset
 from projections.queries import day_view
 from services.booking_batch import BookingBatcher
 from services.command_results import pending
+from services.holding import Holding
 from services.outcome import Meta, Outcome, written
 from services.store.eventstore import EventStore
 from services.unit_of_work import Change, Conflict, UnitOfWork, Work
 
-_ALPHABET = string.ascii_lowercase + string.digits
-
-
 def new_appointment_id() -> str:
     """`appt_` + 10 random lowercase letters and digits (51 bits)."""
-    n = secrets.randbits(51)
-    chars = []
-    for _ in range(10):
-        n, digit = divmod(n, 36)
-        chars.append(_ALPHABET[digit])
-    return "appt_" + "".join(chars)
+    return short_id("appt")
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class CommandHandler:
+class CommandHandler(Holding):
     def __init__(self, pool: asyncpg.Pool, store: EventStore, retries: int = 8,
                  clock: Callable[[], datetime] = utcnow, cache_size: int = 20_000):
         self.pool = pool
         self.store = store
         self.clock = clock
         self.uow = UnitOfWork(pool, store, retries, cache_size)
-        self.batcher = BookingBatcher(self.uow, clock, new_appointment_id)
+        self.batcher = BookingBatcher(self.uow, lambda: self.clock(), new_appointment_id)
 
     async def catalog(self, org_id: str, conn: asyncpg.Connection | None = None) -> cat.Catalog:
         """The org's current configuration."""
@@ -250,26 +243,27 @@ class CommandHandler:
             await self._check_doctor(conn, org_id, catalog, doctor_after, before.appointment_type,
                                      before.branch_id)
         days = {source.stream_id: source, home.stream_id: home}
-        changes = [Change(s, days[s].version, events, [meta] * len(events)) for s, events in by_stream.items()]
-        outcome = written(200, after.as_dict(), None)
-        result = pending(meta, outcome, home.version + len(by_stream[home.stream_id]))
-        stored = await self.uow.commit(conn, Work(
-            org_id, catalog, version, changes, touched=[(before, after)],
-            results=[(home.stream_id, result)] if result else ()))
-        for stream, events in by_stream.items():
-            _fold(days[stream], events)
-        outcome.position = outcome.data["position"] = stored[-1].position
-        return outcome
+        by_stream = await self._settled(conn, catalog, days, by_stream, now)  # a freed place goes to the waitlist
+        return await self._commit_days(conn, org_id, catalog, version, days, by_stream, meta,
+                                       written(200, after.as_dict(), None), home.stream_id,
+                                       touched=[(before, after)])
 
     async def _check_doctor(self, conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog,
-                            wanted: doctors.DoctorTime, service_id: str, branch_id: str) -> None:
-        """409 APPOINTMENT_CONFLICT, with the doctor's next bookable starts, when the doctor is taken. A booking
-        committed after this read is caught by doctor_bookings' exclusion constraint, and decided again."""
+                            wanted: doctors.DoctorTime, service_id: str, branch_id: str,
+                            ignoring: str | None = None) -> None:
+        """409 APPOINTMENT_CONFLICT, with the doctor's next bookable starts, when the doctor is taken (`ignoring`:
+        the hold being confirmed). A booking committed after this read is caught by doctor_bookings' exclusion
+        constraint, and decided again. Rows of expired holds no longer count: they are cleared first, so the
+        constraint does not count them either."""
+        org = uuid.UUID(org_id)
+        await conn.execute("DELETE FROM doctor_bookings WHERE org_id = $1 AND doctor = $2 AND hold_expires_at <= $3",
+                           org, wanted.doctor, self.clock())
         rows = await conn.fetch(
             "SELECT appointment_id, starts_at, ends_at FROM doctor_bookings WHERE org_id = $1 AND doctor = $2"
-            " AND starts_at < $4 AND ends_at > $3", uuid.UUID(org_id), wanted.doctor,
+            " AND starts_at < $4 AND ends_at > $3", org, wanted.doctor,
             wanted.start - timedelta(days=1), wanted.end + timedelta(days=1))
-        busy = [doctors.DoctorTime(r["appointment_id"], wanted.doctor, r["starts_at"], r["ends_at"]) for r in rows]
+        busy = [doctors.DoctorTime(r["appointment_id"], wanted.doctor, r["starts_at"], r["ends_at"]) for r in rows
+                if r["appointment_id"] != ignoring]
         clash = doctors.first_clash(wanted, busy)
         if clash is None:
             return
@@ -299,15 +293,12 @@ class CommandHandler:
                     events = wd.adjust_day(day, status, max_slots)
                     if not events:
                         return Outcome(200, day_view(window, day))
-                    expected = day.version
-                    _fold(day, events)  # the commit evicts the day if it fails
-                    outcome = Outcome(200, day_view(window, day))
-                    result = pending(meta, outcome, day.version)
-                    stored = await self.uow.commit(conn, Work(
-                        org_id, catalog, version, [Change(stream, expected, events, [meta] * len(events))],
-                        results=[(stream, result)] if result else ()))
-                    outcome.position = stored[-1].position
-                    return outcome
+                    days = {stream: day}
+                    by_stream = await self._settled(conn, catalog, days, {stream: events}, self.clock())
+                    after = copy.deepcopy(day)
+                    _fold(after, by_stream[stream])
+                    return await self._commit_days(conn, org_id, catalog, version, days, by_stream, meta,
+                                                   Outcome(200, day_view(window, after)), stream)
 
         return await self.uow.retrying(attempt)
 

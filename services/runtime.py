@@ -21,11 +21,12 @@ from services.gateway.app import build_app
 from services.projector import ProjectorRunner, rebuild_after_migrations
 from services.relay import Relay
 from services.settings import Settings
+from services.sweeper import HoldSweeper
 from services.store.eventstore import EventStore, LogWaker
 from services.store.pool import create_pool
 from services.store.migrate import migrate
 
-COMPONENTS = ("gateway", "projectors", "ingestor", "relay")
+COMPONENTS = ("gateway", "projectors", "ingestor", "relay", "sweeper")
 INGEST_LAG = Gauge("slotledger_ingestor_lag_messages", "Commands on the broker not yet taken (at the last /readyz)")
 RELAY_LAG = Gauge("slotledger_relay_lag_events", "Events in the log not yet on the events topic (at the last /readyz)")
 
@@ -72,6 +73,7 @@ class Runtime:
     kafka_admin: AIOKafkaAdminClient | None = None
     ingestor: Ingestor | None = None
     relay: Relay | None = None
+    sweeper: HoldSweeper | None = None
     http_url: str | None = None
     _runner: web.AppRunner | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -99,6 +101,9 @@ class Runtime:
         self.projectors = ProjectorRunner(self.pool, self.store, self.waker, s.poll_interval_seconds)
         if "projectors" in self.components:
             self._tasks.extend(self.projectors.tasks())
+        self.sweeper = HoldSweeper(self.pool, self.handler, s.sweep_interval_seconds)
+        if "sweeper" in self.components:
+            self._tasks.append(asyncio.create_task(self.sweeper.run(), name="sweeper"))
         kafka_parts = {"ingestor", "relay"} & set(self.components)
         if kafka_parts and not s.kafka_bootstrap:
             raise RuntimeError(f"{', '.join(sorted(kafka_parts))} need SLOTLEDGER_KAFKA_BOOTSTRAP")

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     statement_timeout_seconds: float = 10.0  # any one statement, at most; then 503 (or a loop's retry)
     command_retries: int = 8
     poll_interval_seconds: float = 1.0
+    sweep_interval_seconds: float = 1.0  # how often expired holds are recorded and expired offers passed on
     auth_failures_per_minute: int = 60  # per client address; then 429 RATE_LIMITED until the window clears
     head_timeout_seconds: float = 10.0  # a request head must arrive within this of its first byte
     body_timeout_seconds: float = 30.0  # a request body must arrive within this

@@ -222,6 +222,8 @@ class UnitOfWork:
         org = uuid.UUID(work.org_id)
         writes = [w for change in work.changes for event in change.events for p in INLINE
                   for w in p.writes(event, org)]
+        writes += [w for change in work.changes for event in change.events if event.type.startswith("hold.")
+                   for w in write_side.hold_writes(event, org, work.catalog)]
         writes += [w for before, after in work.touched for w in write_side.writes(before, after, org, work.catalog)]
         writes += work.writes
         writes += _first_sightings(org, work)

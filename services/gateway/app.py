@@ -13,10 +13,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from pydantic import BaseModel, ValidationError
 
 from domain.errors import DomainError
-from schemas.http import CreateDoctor, DoctorOut, PatientAppointmentsQuery, PatientOut, PatientQuery, UpdateDoctor
+from schemas.http import ConfirmHold, CreateDoctor, CreateHold, DoctorOut, HoldOut, JoinWaitlist, \
+    PatientAppointmentsQuery, PatientOut, PatientQuery, UpdateDoctor, WaitlistOut, WaitlistQuery
 from schemas.saludya import SaludYaAppointment, SaludYaUpdate
 from services.gateway import handlers as h
-from services.gateway import inputs, registry, saludya
+from services.gateway import holds, inputs, registry, saludya
 from services.logs import log
 from services.store.pool import DATABASE_UNAVAILABLE
 from services.gateway.backend import Backend
@@ -118,6 +119,24 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/patients/{patient_id}/appointments", ("appointments:read",), registry.patient_appointments,
           "A patient's appointments (cancelled ones too)", query=PatientAppointmentsQuery,
           response=list[h.Appointment]),
+    Route("POST", "/v1/appointment-holds", ("appointments:write",), holds.create_hold,
+          "Hold a place for a few minutes (create rules 3–10; counts against capacity until it expires)",
+          body=CreateHold, response=HoldOut),
+    Route("GET", "/v1/appointment-holds/{hold_id}", ("appointments:read",), holds.get_hold, "One hold",
+          query=h.ReadQuery, response=HoldOut),
+    Route("DELETE", "/v1/appointment-holds/{hold_id}", ("appointments:write",), holds.release_hold,
+          "Release a hold (the place goes to the waitlist first)", response=HoldOut),
+    Route("POST", "/v1/appointment-holds/{hold_id}/confirm", ("appointments:write",), holds.confirm_hold,
+          "Book the held place (never refused for capacity; 410 HOLD_EXPIRED after expiry)", body=ConfirmHold,
+          response=h.Appointment),
+    Route("POST", "/v1/waitlist", ("appointments:write",), holds.join_waitlist,
+          "Join the queue of a date's matching window-days", body=JoinWaitlist, response=WaitlistOut),
+    Route("GET", "/v1/waitlist", ("appointments:read",), holds.list_waitlist, "A date's waitlist, in join order",
+          query=WaitlistQuery, response=list[WaitlistOut]),
+    Route("GET", "/v1/waitlist/{waitlist_id}", ("appointments:read",), holds.get_entry, "One waitlist entry",
+          query=h.ReadQuery, response=WaitlistOut),
+    Route("DELETE", "/v1/waitlist/{waitlist_id}", ("appointments:write",), holds.leave_waitlist,
+          "Leave the waitlist (an offer held is released and passes on)", response=WaitlistOut),
     Route("PUT", "/api/appointments/{appointment_id}", ("appointments:write",), saludya.update_appointment,
           "SaludYa-compatible update (SaludYa request, response and error shapes)", body=SaludYaUpdate,
           response=SaludYaAppointment, style="saludya"),

@@ -108,7 +108,8 @@ async def availability(request, backend: Backend, principal: Principal, query: A
         catalog.resolve_branch(query.branch_id)
     service_id = catalog.resolve_service(query.appointment_type).service_id if query.appointment_type else None
     async with backend.pool.acquire() as conn:
-        rows = await queries.availability(conn, catalog, query.date, query.branch_id, service_id, query.session)
+        rows = await queries.availability(conn, catalog, query.date, query.branch_id, service_id, query.session,
+                                          backend.handler.clock())
     return ok(rows)
 
 

@@ -19,7 +19,15 @@ def _schema(model: Any, components: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-CREATED = ("/v1/appointments", "/v1/services", "/v1/branches", "/v1/appointment-slots", "/v1/doctors")
+CREATED = ("/v1/appointments", "/v1/services", "/v1/branches", "/v1/appointment-slots", "/v1/doctors",
+           "/v1/appointment-holds", "/v1/appointment-holds/{hold_id}/confirm", "/v1/waitlist")
+# Creates that answer an existing record with 200 and `idempotent: true`.
+IDEMPOTENT = {("POST", "/v1/appointments"): "an active appointment with this external_reference_id exists",
+              ("POST", "/v1/appointment-holds/{hold_id}/confirm"): "the hold was already confirmed, or an active "
+              "appointment with this external_reference_id exists",
+              ("POST", "/v1/waitlist"): "a waiting entry with this external_reference_id exists"}
+GONE = {"/v1/appointment-holds/{hold_id}/confirm": "HOLD_EXPIRED (or HOLD_RELEASED): the hold no longer keeps "
+        "its place; place a new one"}
 
 
 def document(routes) -> dict[str, Any]:
@@ -46,10 +54,13 @@ def document(routes) -> dict[str, Any]:
             data = {"type": "object", "properties": {"success": {"const": True}, "data": data}}
         op["responses"] = {
             ok_status: {"description": "success", "content": {"application/json": {"schema": data}}},
-            **({"200": {"description": "idempotent: an active appointment with this external_reference_id exists;"
-                               " it is answered, with `idempotent: true`",
+            **({"200": {"description": f"idempotent: {IDEMPOTENT[route.method, route.path]}; it is answered,"
+                               " with `idempotent: true`",
                         "content": {"application/json": {"schema": data}}}}
-               if (route.method, route.path) == ("POST", "/v1/appointments") else {}),
+               if (route.method, route.path) in IDEMPOTENT else {}),
+            **({"410": {"description": GONE[route.path],
+                        "content": {"application/json": {"schema": error_refs[route.style]}}}}
+               if route.path in GONE else {}),
             "default": {"description": "error",
                         "content": {"application/json": {"schema": error_refs[route.style]}}},
         }

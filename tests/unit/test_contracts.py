@@ -92,6 +92,8 @@ def test_the_events_the_domain_writes_match_their_schemas():
     written += wd.adjust_day(days[target.stream_id], "CLOSED", 3)
     assert appointment.appointment_id == "appt_aaaaaaaaaa"
 
+    written += _hold_and_waitlist_events()
+
     from domain.patients import registration
     written.append(registration(next(e for e in written if isinstance(e, ev.AppointmentBooked))))
     seen = set()
@@ -99,3 +101,24 @@ def test_the_events_the_domain_writes_match_their_schemas():
         EVENT_PAYLOADS[event.type][event.version].model_validate(event.data())
         seen.add(event.type)
     assert seen == set(ev.EVENT_TYPES)
+
+
+def _hold_and_waitlist_events() -> list[ev.Event]:
+    """Every hold and waitlist event type, from the decisions that make them."""
+    import datetime as dt
+
+    from tests.unit.test_holds import Desk
+
+    desk = Desk(max_slots=1)
+    out: list[ev.Event] = []
+    original = desk.commit
+    desk.commit = lambda by_stream: out.extend(original(by_stream)) or out  # record what each decision wrote
+    held = desk.hold(phone="+919840000001")
+    desk.release(held)
+    desk.confirm(desk.hold(), parent_phone="+919840000002")
+    desk.join("Either", session=None)  # Morning is full, Evening free: offered there, leaves the Morning queue
+    desk.join("Next", session="Evening")
+    desk.now += dt.timedelta(minutes=16)
+    desk.sweep()  # the offer expires (hold.expired, waitlist.offer_expired) and passes to Next
+    desk.leave(desk.join("Leaver"))
+    return out
