@@ -49,7 +49,8 @@ class Holding:
                            days: dict[str, wd.WindowDay], by_stream: dict[str, list[ev.Event]], meta: Meta,
                            outcome: Outcome, home: str, touched=()) -> Outcome:
         """Append `by_stream` at the days' versions, answer `outcome` (its result riding on `home`'s last event),
-        and fold the events into the cached days once they hold."""
+        and fold the events into the cached days once they hold. An appointment's record (`touched`) carries
+        the log position of the write."""
         changes = [Change(s, days[s].version, events, [meta] * len(events)) for s, events in by_stream.items()]
         result = pending(meta, outcome, days[home].version + len(by_stream[home]))
         stored = await self.uow.commit(conn, Work(org_id, catalog, version, changes, touched=touched,
@@ -58,7 +59,7 @@ class Holding:
             for event in events:
                 days[stream].apply(event)
         outcome.position = stored[-1].position
-        if isinstance(outcome.data, dict) and "position" in outcome.data:
+        if touched:
             outcome.data["position"] = outcome.position
         return outcome
 

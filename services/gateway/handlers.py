@@ -33,8 +33,9 @@ class ConfigOut(BaseModel):
     general: GeneralSettings
 
 
-def ok(data: Any, status: int = 200, position: int | None = None, **top: Any) -> web.Response:
-    headers = {"X-Position": str(position)} if position is not None else None
+def ok(data: Any, status: int = 200, log_position: int | None = None, **top: Any) -> web.Response:
+    """`log_position`: the write's position in the log, as the X-Position header."""
+    headers = {"X-Position": str(log_position)} if log_position is not None else None
     return web.json_response({"success": True, **top, "data": data}, status=status, headers=headers,
                              dumps=json_text)
 

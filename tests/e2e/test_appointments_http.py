@@ -129,7 +129,7 @@ async def test_config_services_branches_windows(api):
         "enabled": True, "timezone": "UTC", "buffer_time_minutes": 15, "max_advance_booking_days": 30,
         "min_notice_hours": 2, "allow_reschedule": True, "allow_cancellation": True, "cancellation_notice_hours": 24,
         "prevent_duplicate_bookings": True, "token_numbering": False, "require_cancellation_reason": False,
-        "require_diagnosis_on_complete": False, "phone_region": None}
+        "require_diagnosis_on_complete": False, "phone_region": None, "waitlist_offer_minutes": 15}
     status, b = await api.patch("/v1/appointment-config", {"timezone": "Mars/Olympus"})
     assert (status, b["error"]["code"]) == (400, "VALIDATION_ERROR")
     status, services = await api.get("/v1/services")
@@ -296,6 +296,14 @@ ROUTES = [
     ("GET", "/v1/patients?phone=%2B919840000001", None, "appointments:read"),
     ("GET", "/v1/patients/{patient}", None, "appointments:read"),
     ("GET", "/v1/patients/{patient}/appointments", None, "appointments:read"),
+    ("POST", "/v1/appointment-holds", {}, "appointments:write"),
+    ("GET", "/v1/appointment-holds/{hold}", None, "appointments:read"),
+    ("DELETE", "/v1/appointment-holds/{hold}", None, "appointments:write"),
+    ("POST", "/v1/appointment-holds/{hold}/confirm", {}, "appointments:write"),
+    ("POST", "/v1/waitlist", {}, "appointments:write"),
+    ("GET", "/v1/waitlist?date={date}", None, "appointments:read"),
+    ("GET", "/v1/waitlist/{entry}", None, "appointments:read"),
+    ("DELETE", "/v1/waitlist/{entry}", None, "appointments:write"),
 ]
 # SaludYa's route answers in SaludYa's codes.
 SALUDYA = {"INSUFFICIENT_SCOPE": "FORBIDDEN", "NOT_FOUND": "RESOURCE_NOT_FOUND"}
@@ -304,15 +312,21 @@ SALUDYA = {"INSUFFICIENT_SCOPE": "FORBIDDEN", "NOT_FOUND": "RESOURCE_NOT_FOUND"}
 def test_the_route_list_above_covers_every_route_of_the_gateway():
     from services.gateway.app import ROUTES as SERVED
     assert {(r.method, r.path.replace("{window_id}", "{window}").replace("{appointment_id}", "{appt}")
-             .replace("{doctor_id}", "{doctor}").replace("{patient_id}", "{patient}")) for r in SERVED} == {(m, p.split("?")[0]) for m, p, _, _ in ROUTES}
+             .replace("{doctor_id}", "{doctor}").replace("{patient_id}", "{patient}")
+             .replace("{hold_id}", "{hold}").replace("{waitlist_id}", "{entry}")) for r in SERVED} == {(m, p.split("?")[0]) for m, p, _, _ in ROUTES}
 
 
 async def test_every_route_checks_key_scope_and_tenant(runtime, http, api):
     status, a = await api.post("/v1/appointments", body(api))
     window = api.ids["windows"][(_weekday(api, 3), "Morning")]
     s, doctor = await api.post("/v1/doctors", {"name": "Dr. Tenant", "specialty": "General"})
+    s, hold = await api.post("/v1/appointment-holds", {"appointment_type": "General Checkup",
+                                                        "appointment_date": local_at(api, 3, "10:30")})
+    s, entry = await api.post("/v1/waitlist", {"appointment_type": "General Checkup", "date": local_date(api, 3),
+                                               "patient_name": "W", "parent_phone": "+15550001111"})
     ids = {"window": window, "date": local_date(api, 3), "appt": a["appointment_id"],
-           "doctor": doctor["data"]["doctor_id"], "patient": a["data"]["patient_id"]}
+           "doctor": doctor["data"]["doctor_id"], "patient": a["data"]["patient_id"],
+           "hold": hold["data"]["hold_id"], "entry": entry["data"]["waitlist_id"]}
     other = await new_org(runtime, http, name="Other clinic")
     from services.keys import SCOPES
     for method, path, payload, scope in ROUTES:
