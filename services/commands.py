@@ -72,8 +72,12 @@ async def update_window(handler: CommandHandler, org_id: str, window_id: str, bo
     if not changes:
         raise DomainError("VALIDATION_ERROR", "no valid field to update",
                           {"body": "give start_time, end_time, max_slots, batch or status"})
-    return await handler.configure(org_id, f"window-{window_id}", lambda c: cat.change_window(c, window_id, changes),
-                                   meta, lambda c: c.windows[window_id].as_dict())
+    outcome = await handler.configure(org_id, f"window-{window_id}",
+                                      lambda c: cat.change_window(c, window_id, changes), meta,
+                                      lambda c: c.windows[window_id].as_dict())
+    if "max_slots" in changes or changes.get("status") == "OPEN":  # places may have freed: the waitlist first
+        await handler.offer_waiting(org_id, window_id, meta)
+    return outcome
 
 
 async def disable_window(handler: CommandHandler, org_id: str, window_id: str, meta: Meta) -> Outcome:

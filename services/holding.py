@@ -191,6 +191,34 @@ class Holding:
 
         return await self.uow.retrying(attempt)
 
+    async def offer_waiting(self, org_id: str, window_id: str, meta: Meta) -> int:
+        """After a window's capacity is raised or it reopens (a configuration change, decided on the org's
+        configuration streams, not on its window-days): each of its window-days with a queue offers what is
+        now free, in its own commit. Returns how many offers were made."""
+        async with self.pool.acquire() as conn:
+            streams = [r["s"] for r in await conn.fetch(
+                "SELECT DISTINCT s FROM rm_waitlist, unnest(streams) AS s WHERE org_id = $1 AND status = 'waiting'"
+                " AND s LIKE $2 ORDER BY s", uuid.UUID(org_id), f"wd-{window_id}-%")]
+        follow_up = Meta(request_id=meta.request_id, actor=meta.actor)  # the command's own result is stored
+        offered = 0
+        for stream in streams:
+            offered += await self.uow.retrying(lambda s=stream: self._offer_free(org_id, s, follow_up))
+        return offered
+
+    async def _offer_free(self, org_id: str, stream: str, meta: Meta) -> int:
+        async with self.pool.acquire() as conn:
+            version, catalog = await self.uow.catalog(org_id, conn)
+            async with self.uow.lock(stream):
+                day = await self.uow.fresh_day(stream, conn, catalog)
+                days = {stream: day}
+                by_stream = await self._settled(conn, catalog, days, {stream: []}, self.clock())
+                if not by_stream[stream]:
+                    return 0
+                offers = sum(isinstance(e, ev.WaitlistOffered) for e in by_stream[stream])
+                await self._commit_days(conn, org_id, catalog, version, days, by_stream, meta, Outcome(200, None),
+                                        stream)
+                return offers
+
     # -- the waitlist ------------------------------------------------------------------------------------
     async def join_waitlist(self, org_id: str, request: dict[str, Any], meta: Meta) -> Outcome:
         """POST /v1/waitlist: join the queue of every window-day matching the type, date, branch and session

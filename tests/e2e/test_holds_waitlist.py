@@ -284,3 +284,21 @@ async def test_holds_and_the_waitlist_over_kafka(kafka_runtime, http, kafka_boot
     queue = await _waitlist(api, 6)
     assert [e["status"] for e in queue] == ["expired", "booked", "booked", "booked", "left"]
     assert await _availability(api, 6) == {"booked": 5, "held": 0, "available": 0}
+
+
+async def test_raising_a_windows_capacity_offers_the_new_places_to_the_waitlist(runtime, http):
+    api = await setup_clinic(await new_org(runtime, http), max_slots=1)
+    status, body = await api.post("/v1/appointments", _create(api, 3, 1))
+    assert status == 201, body
+    entries = []
+    for n in range(3):
+        status, body = await api.post("/v1/waitlist", {"appointment_type": api.ids["checkup"], "session": "Morning",
+                                                       "date": local_date(api, 3), "patient_name": f"W{n}",
+                                                       "parent_phone": f"+1555600{n:04d}"})
+        assert status == 201 and body["data"]["status"] == "waiting", body
+        entries.append(body["waitlist_id"])
+    window = api.ids["windows"][(dt.date.fromisoformat(local_date(api, 3)).strftime("%A").lower(), "Morning")]
+    status, body = await api.patch(f"/v1/appointment-slots/{window}", {"max_slots": 3})
+    assert status == 200, body
+    assert [e["status"] for e in await _waitlist(api)] == ["offered", "offered", "waiting"]
+    assert await _availability(api, 3) == {"booked": 1, "held": 2, "available": 0}
