@@ -423,3 +423,68 @@ class WaitlistQuery(Strict):
     branch_id: str | None = None
     appointment_type: str | None = None
     status: EntryStatus | None = None
+
+
+# -- webhooks (DESIGN §9) ------------------------------------------------------------------------------------
+
+WebhookStatus = Literal["enabled", "disabled"]
+
+
+class CreateWebhook(Strict):
+    url: str = Field(min_length=8, max_length=2000, description="https (http to private addresses only with "
+                     "SLOTLEDGER_WEBHOOKS_ALLOW_PRIVATE)")
+    event_types: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=lambda: ["*"], min_length=1, max_length=50,
+        description="Event types (appointment.booked), families (appointment.*) or *")
+    description: str | None = Field(default=None, max_length=500)
+
+
+class UpdateWebhook(Changes):
+    NOT_NULL: ClassVar[tuple[str, ...]] = ("url", "event_types", "status")
+    url: str | None = Field(default=None, min_length=8, max_length=2000)
+    event_types: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
+        default=None, min_length=1, max_length=50)
+    description: str | None = Field(default=None, max_length=500)
+    status: WebhookStatus | None = Field(default=None, description="enabled again after being disabled")
+
+
+class WebhookOut(BaseModel):
+    webhook_id: str
+    url: str
+    event_types: list[str]
+    description: str | None
+    status: Literal["enabled", "disabled", "deleted"]
+    disabled_reason: str | None
+    failing_since: str | None
+    created_at: str
+    updated_at: str
+    previous_valid_until: str | None = Field(description="After a rotation: until when the previous secret signs too")
+    secret: str | None = Field(default=None, description="Only when created or rotated: shown once")
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    at: str
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+
+
+class DeliveryOut(BaseModel):
+    delivery_id: int
+    webhook_id: str
+    event_id: str = Field(description="The webhook-id header, the same on every attempt")
+    event_type: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: list[AttemptOut]
+    next_attempt_at: str | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: str
+    delivered_at: str | None
+
+
+class DeliveriesQuery(Strict):
+    status: Literal["pending", "delivered", "failed"] | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+    before: int | None = Field(default=None, ge=1, le=2**63 - 1, description="delivery_id to page back from")

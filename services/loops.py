@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from prometheus_client import Gauge
 
@@ -57,3 +57,19 @@ LOOPS: dict[str, LoopHealth] = {}
 
 def health(name: str) -> LoopHealth:
     return LOOPS.setdefault(name, LoopHealth(name))
+
+
+async def forever(name: str, step: Callable[[], Awaitable[int]], idle: Callable[[], Awaitable[None]]) -> None:
+    """Run `step` again and again: at once while it reports work done, after `idle()` when it did none, and
+    after a growing backoff when it failed (logged once per streak)."""
+    loop = health(name)
+    while True:
+        try:
+            done = await step()
+            loop.ok()
+            if done:
+                continue
+        except Exception as exc:  # never dies: backs off and tries again
+            await loop.failed(exc)
+            continue
+        await idle()

@@ -22,11 +22,13 @@ from services.projector import ProjectorRunner, rebuild_after_migrations
 from services.relay import Relay
 from services.settings import Settings
 from services.sweeper import HoldSweeper
+from services.dispatcher import Dispatcher
+from services.webhooks import Subscriptions, Vault
 from services.store.eventstore import EventStore, LogWaker
 from services.store.pool import create_pool
 from services.store.migrate import migrate
 
-COMPONENTS = ("gateway", "projectors", "ingestor", "relay", "sweeper")
+COMPONENTS = ("gateway", "projectors", "ingestor", "relay", "sweeper", "webhooks")
 INGEST_LAG = Gauge("slotledger_ingestor_lag_messages", "Commands on the broker not yet taken (at the last /readyz)")
 RELAY_LAG = Gauge("slotledger_relay_lag_events", "Events in the log not yet on the events topic (at the last /readyz)")
 
@@ -74,6 +76,8 @@ class Runtime:
     ingestor: Ingestor | None = None
     relay: Relay | None = None
     sweeper: HoldSweeper | None = None
+    webhooks: Subscriptions | None = None
+    dispatcher: Dispatcher | None = None
     http_url: str | None = None
     _runner: web.AppRunner | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -101,6 +105,10 @@ class Runtime:
         self.projectors = ProjectorRunner(self.pool, self.store, self.waker, s.poll_interval_seconds)
         if "projectors" in self.components:
             self._tasks.extend(self.projectors.tasks())
+        self.webhooks = Subscriptions(self.pool, Vault(self.pool, s.webhook_secrets_key), s.webhooks_allow_private)
+        if "webhooks" in self.components:
+            self.dispatcher = Dispatcher(s, self.pool, self.store, self.waker, self.webhooks)
+            await self.dispatcher.start()
         self.sweeper = HoldSweeper(self.pool, self.handler, s.sweep_interval_seconds)
         if "sweeper" in self.components:
             self._tasks.append(asyncio.create_task(self.sweeper.run(), name="sweeper"))
@@ -163,6 +171,8 @@ class Runtime:
             await self.ingestor.stop()
         if self.relay is not None:
             await self.relay.stop()
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
         await cancel_all(self._tasks)
         if self._runner is not None:
             await self._runner.cleanup()

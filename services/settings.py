@@ -27,7 +27,14 @@ class Settings(BaseSettings):
     statement_timeout_seconds: float = 10.0  # any one statement, at most; then 503 (or a loop's retry)
     command_retries: int = 8
     poll_interval_seconds: float = 1.0
-    sweep_interval_seconds: float = 1.0  # how often expired holds are recorded and expired offers passed on
+    sweep_interval_seconds: float = 1.0
+    webhooks_allow_private: bool = False  # endpoints on loopback/private addresses, and http to them
+    webhook_secrets_key: str | None = None  # a Fernet key for webhook secrets at rest (else one kept in the DB)
+    webhook_timeout_seconds: float = 10.0
+    webhook_retry_base_seconds: float = 5.0  # the first retry's delay; doubled each time, with jitter
+    webhook_retry_max_seconds: float = 3600.0
+    webhook_retry_hours: float = 72.0  # then the delivery is `failed`
+    webhook_disable_after_hours: float = 120.0  # an endpoint failing this long is disabled  # how often expired holds are recorded and expired offers passed on
     auth_failures_per_minute: int = 60  # per client address; then 429 RATE_LIMITED until the window clears
     head_timeout_seconds: float = 10.0  # a request head must arrive within this of its first byte
     body_timeout_seconds: float = 30.0  # a request body must arrive within this

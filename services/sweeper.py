@@ -12,7 +12,7 @@ import asyncpg
 from prometheus_client import Counter
 
 from services.handler import CommandHandler
-from services.loops import health
+from services.loops import forever
 from services.outcome import Meta
 
 EXPIRED = Counter("slotledger_holds_expired_total", "Holds the sweeper expired")
@@ -38,12 +38,4 @@ class HoldSweeper:
         return expired
 
     async def run(self) -> None:
-        loop = health("sweeper")
-        while True:
-            try:
-                await self.sweep()
-                loop.ok()
-            except Exception as exc:  # never dies: backs off and sweeps again
-                await loop.failed(exc)
-                continue
-            await asyncio.sleep(self.interval_seconds)
+        await forever("sweeper", self.sweep, lambda: asyncio.sleep(self.interval_seconds))

@@ -14,10 +14,11 @@ from pydantic import BaseModel, ValidationError
 
 from domain.errors import DomainError
 from schemas.http import ConfirmHold, CreateDoctor, CreateHold, DoctorOut, HoldOut, JoinWaitlist, \
-    PatientAppointmentsQuery, PatientOut, PatientQuery, UpdateDoctor, WaitlistOut, WaitlistQuery
+    PatientAppointmentsQuery, PatientOut, PatientQuery, UpdateDoctor, WaitlistOut, WaitlistQuery, CreateWebhook, \
+    DeliveriesQuery, DeliveryOut, UpdateWebhook, WebhookOut
 from schemas.saludya import SaludYaAppointment, SaludYaUpdate
 from services.gateway import handlers as h
-from services.gateway import holds, inputs, registry, saludya
+from services.gateway import holds, inputs, registry, saludya, webhooks
 from services.logs import log
 from services.store.pool import DATABASE_UNAVAILABLE
 from services.gateway.backend import Backend
@@ -137,6 +138,26 @@ ROUTES: list[Route] = [
           query=h.ReadQuery, response=WaitlistOut),
     Route("DELETE", "/v1/waitlist/{waitlist_id}", ("appointments:write",), holds.leave_waitlist,
           "Leave the waitlist (an offer held is released and passes on)", response=WaitlistOut),
+    Route("POST", "/v1/webhooks", ("settings:write",), webhooks.create_webhook,
+          "Subscribe an endpoint to the org's events (the secret is shown once)", body=CreateWebhook,
+          response=WebhookOut),
+    Route("GET", "/v1/webhooks", ("settings:write",), webhooks.list_webhooks, "The org's webhook endpoints",
+          response=list[WebhookOut]),
+    Route("GET", "/v1/webhooks/{webhook_id}", ("settings:write",), webhooks.get_webhook, "One webhook endpoint",
+          response=WebhookOut),
+    Route("PATCH", "/v1/webhooks/{webhook_id}", ("settings:write",), webhooks.update_webhook,
+          "Change an endpoint (url, event types, description; status enabled re-enables it)", body=UpdateWebhook,
+          response=WebhookOut),
+    Route("DELETE", "/v1/webhooks/{webhook_id}", ("settings:write",), webhooks.delete_webhook,
+          "Remove an endpoint and its delivery log", response=WebhookOut),
+    Route("POST", "/v1/webhooks/{webhook_id}/rotate-secret", ("settings:write",), webhooks.rotate_secret,
+          "A new secret (shown once); the previous one signs too for 24 hours", response=WebhookOut),
+    Route("POST", "/v1/webhooks/{webhook_id}/test", ("settings:write",), webhooks.send_test,
+          "Queue a slotledger.webhook.test delivery", response=DeliveryOut),
+    Route("GET", "/v1/webhooks/{webhook_id}/deliveries", ("settings:write",), webhooks.list_deliveries,
+          "Every delivery, newest first, with each attempt", query=DeliveriesQuery, response=list[DeliveryOut]),
+    Route("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", ("settings:write",),
+          webhooks.retry_delivery, "Deliver again now", response=DeliveryOut),
     Route("PUT", "/api/appointments/{appointment_id}", ("appointments:write",), saludya.update_appointment,
           "SaludYa-compatible update (SaludYa request, response and error shapes)", body=SaludYaUpdate,
           response=SaludYaAppointment, style="saludya"),

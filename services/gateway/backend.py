@@ -10,6 +10,7 @@ from services.handler import CommandHandler
 from services.gateway.guard import FailedAuthLimiter
 from services.keys import KeyRing
 from services.settings import Settings
+from services.webhooks import Subscriptions
 
 
 class Backend(Protocol):
@@ -18,5 +19,6 @@ class Backend(Protocol):
     handler: CommandHandler
     keys: KeyRing
     auth_limiter: FailedAuthLimiter
+    webhooks: Subscriptions
 
     async def readiness(self) -> dict: ...

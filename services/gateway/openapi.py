@@ -20,7 +20,8 @@ def _schema(model: Any, components: dict[str, Any]) -> dict[str, Any]:
 
 
 CREATED = ("/v1/appointments", "/v1/services", "/v1/branches", "/v1/appointment-slots", "/v1/doctors",
-           "/v1/appointment-holds", "/v1/appointment-holds/{hold_id}/confirm", "/v1/waitlist")
+           "/v1/appointment-holds", "/v1/appointment-holds/{hold_id}/confirm", "/v1/waitlist", "/v1/webhooks")
+ACCEPTED = ("/v1/webhooks/{webhook_id}/test", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry")
 # Creates that answer an existing record with 200 and `idempotent: true`.
 IDEMPOTENT = {("POST", "/v1/appointments"): "an active appointment with this external_reference_id exists",
               ("POST", "/v1/appointment-holds/{hold_id}/confirm"): "the hold was already confirmed, or an active "
@@ -49,7 +50,8 @@ def document(routes) -> dict[str, Any]:
             op["requestBody"] = {"required": True,
                                  "content": {"application/json": {"schema": _schema(route.body, components)}}}
         data = _schema(route.response, components) if route.response is not None else {}
-        ok_status = "201" if route.method == "POST" and route.path in CREATED else "200"
+        ok_status = "201" if route.method == "POST" and route.path in CREATED else \
+            "202" if route.path in ACCEPTED else "200"
         if route.style == "v1":
             data = {"type": "object", "properties": {"success": {"const": True}, "data": data}}
         op["responses"] = {

@@ -304,6 +304,15 @@ ROUTES = [
     ("GET", "/v1/waitlist?date={date}", None, "appointments:read"),
     ("GET", "/v1/waitlist/{entry}", None, "appointments:read"),
     ("DELETE", "/v1/waitlist/{entry}", None, "appointments:write"),
+    ("POST", "/v1/webhooks", {"url": "http://127.0.0.1:9/hook"}, "settings:write"),
+    ("GET", "/v1/webhooks", None, "settings:write"),
+    ("GET", "/v1/webhooks/{webhook}", None, "settings:write"),
+    ("PATCH", "/v1/webhooks/{webhook}", {"description": "d"}, "settings:write"),
+    ("POST", "/v1/webhooks/{webhook}/rotate-secret", None, "settings:write"),
+    ("POST", "/v1/webhooks/{webhook}/test", None, "settings:write"),
+    ("GET", "/v1/webhooks/{webhook}/deliveries", None, "settings:write"),
+    ("POST", "/v1/webhooks/{webhook}/deliveries/{delivery}/retry", None, "settings:write"),
+    ("DELETE", "/v1/webhooks/{webhook}", None, "settings:write"),
 ]
 # SaludYa's route answers in SaludYa's codes.
 SALUDYA = {"INSUFFICIENT_SCOPE": "FORBIDDEN", "NOT_FOUND": "RESOURCE_NOT_FOUND"}
@@ -313,7 +322,8 @@ def test_the_route_list_above_covers_every_route_of_the_gateway():
     from services.gateway.app import ROUTES as SERVED
     assert {(r.method, r.path.replace("{window_id}", "{window}").replace("{appointment_id}", "{appt}")
              .replace("{doctor_id}", "{doctor}").replace("{patient_id}", "{patient}")
-             .replace("{hold_id}", "{hold}").replace("{waitlist_id}", "{entry}")) for r in SERVED} == {(m, p.split("?")[0]) for m, p, _, _ in ROUTES}
+             .replace("{hold_id}", "{hold}").replace("{waitlist_id}", "{entry}").replace("{webhook_id}", "{webhook}")
+             .replace("{delivery_id}", "{delivery}")) for r in SERVED} == {(m, p.split("?")[0]) for m, p, _, _ in ROUTES}
 
 
 async def test_every_route_checks_key_scope_and_tenant(runtime, http, api):
@@ -324,9 +334,13 @@ async def test_every_route_checks_key_scope_and_tenant(runtime, http, api):
                                                         "appointment_date": local_at(api, 3, "10:30")})
     s, entry = await api.post("/v1/waitlist", {"appointment_type": "General Checkup", "date": local_date(api, 3),
                                                "patient_name": "W", "parent_phone": "+15550001111"})
+    runtime.webhooks.allow_private = True  # an endpoint on this machine, never called (no dispatcher runs here)
+    s, webhook = await api.post("/v1/webhooks", {"url": "http://127.0.0.1:9/hook"})
+    s, delivery = await api.post(f"/v1/webhooks/{webhook['webhook_id']}/test")
     ids = {"window": window, "date": local_date(api, 3), "appt": a["appointment_id"],
            "doctor": doctor["data"]["doctor_id"], "patient": a["data"]["patient_id"],
-           "hold": hold["data"]["hold_id"], "entry": entry["data"]["waitlist_id"]}
+           "hold": hold["data"]["hold_id"], "entry": entry["data"]["waitlist_id"],
+           "webhook": webhook["webhook_id"], "delivery": delivery["data"]["delivery_id"]}
     other = await new_org(runtime, http, name="Other clinic")
     from services.keys import SCOPES
     for method, path, payload, scope in ROUTES:
