@@ -37,6 +37,7 @@ from services.keys import SCOPES, create_key
 from services.local.kafka import KAFKA_VERSION, LocalKafka
 from services.local.ports import free_port
 from services.local.postgres import LocalPostgres, bin_dir
+from bench.receiver import LagReceiver
 from services.projector import rebuild
 from services.runtime import Runtime
 from services.settings import Settings
@@ -67,7 +68,7 @@ def service_env(settings: Settings) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLOTLEDGER_")}
     env.update(SLOTLEDGER_DATABASE_URL=settings.database_url, SLOTLEDGER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
                SLOTLEDGER_TOPIC_PREFIX=settings.topic_prefix, SLOTLEDGER_HTTP_PORT=str(settings.http_port),
-               SLOTLEDGER_LOG_LEVEL="warning")
+               SLOTLEDGER_LOG_LEVEL="warning", SLOTLEDGER_WEBHOOKS_ALLOW_PRIVATE="1")
     return env
 
 
@@ -166,6 +167,25 @@ async def set_up_clinic(settings: Settings) -> dict:
 
 
 # -- measurements ------------------------------------------------------------------------------------------
+
+def webhook_lag(settings: Settings, clinic: dict, url: str, seconds: int, logs: Path) -> dict:
+    """http-spread at 16 clients with every booking also delivered as a webhook by a dispatcher process of its
+    own: the time from each event's commit to its receipt."""
+    receiver = LagReceiver().start()
+    req = urllib.request.Request(f"{url}/v1/webhooks", method="POST",
+                                 data=json.dumps({"url": receiver.url, "event_types": ["appointment.booked"]}).encode(),
+                                 headers={"Authorization": f"Bearer {clinic['key']}", "Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).read()
+    dispatcher = spawn("webhooks", settings, logs)
+    try:
+        load = loadgen("spread", "--url", url, "--key", clinic["key"], "--clients", "16", "--seconds", str(seconds),
+                       "--days", str(SPREAD_DAYS), "--lag-every", "0")
+        receiver.wait_quiet()
+    finally:
+        stop(dispatcher)
+    return {"creates": load["creates"], "creates_per_s": load["creates_per_s"], **receiver.summary()}
+
+
 
 def pgbench(pg_url_port: int, clients: int, seconds: int, script: Path) -> float:
     result = subprocess.run(
@@ -357,6 +377,11 @@ def table(report: dict) -> str:
         row(f"read-after-write misses during {k} clients", f"{s.get('read_after_write_misses', 0)} of {lag['samples']}",
             None, "0")
         row("  create response → GET answered 200, p50/p99 ms", f"{lag['p50']}/{lag['p99']}")
+    w = report.get("webhooks")
+    if w:
+        row(f"webhooks: {w['deliveries']:,} of {w['creates']:,} bookings delivered", f"{w['creates_per_s']:,.0f}/s")
+        row("  commit → receipt p50/p99/max ms", "/".join(str(w["lag_ms"][p]) for p in ("p50", "p99", "max")), None,
+            "(issue 16: report)")
     h = report["hot_window"]
     row("hot-window 1,000 creates, 200 slots (dec/s)", f"{h['decisions_per_s']:,.0f}", None, "≥ 1,000/s")
     row("  succeeded (must be exactly 200)", str(h["succeeded"]))
@@ -426,6 +451,9 @@ async def run(full: bool, profile: bool) -> dict:
                 if raw.exists():
                     report["profile"] = profile_top(raw)
                     report["profile"]["raw"] = str(raw)
+
+        report["webhooks"] = webhook_lag(settings, clinic, url, seconds, logs)
+        log(f"webhooks: {report['webhooks']}")
 
         hot_date = dt.date.today() + dt.timedelta(days=HOT_DAY)
         window_id = clinic["windows"][(WEEKDAYS[hot_date.weekday()], "Morning")]

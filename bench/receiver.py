@@ -1,0 +1,62 @@
+"""A webhook receiver for the bench, on its own thread and event loop (the bench's own loop blocks while the load
+generator runs): records, per delivery, the time from the event's commit to its receipt."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import threading
+import time
+
+from aiohttp import web
+
+
+class LagReceiver:
+    def __init__(self) -> None:
+        self.lags_ms: list[float] = []
+        self.ids: set[str] = set()
+        self.last_receipt = 0.0
+        self.url = ""
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="webhook-receiver")
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        event = json.loads(await request.read())
+        if event["id"] not in self.ids:  # at-least-once: the first receipt counts
+            self.ids.add(event["id"])
+            sent = dt.datetime.fromisoformat(event["time"])
+            self.lags_ms.append((dt.datetime.now(dt.timezone.utc) - sent).total_seconds() * 1000)
+        self.last_receipt = time.monotonic()
+        return web.Response(status=204)
+
+    def _serve(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        runner = web.AppRunner(app, access_log=None)
+        self._loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+        self._ready.set()
+        self._loop.run_forever()
+
+    def start(self) -> "LagReceiver":
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def wait_quiet(self, quiet: float = 3.0, at_most: float = 120.0) -> None:
+        """Until no delivery arrived for `quiet` seconds (the backlog drained)."""
+        deadline = time.monotonic() + at_most
+        while time.monotonic() < deadline and (not self.last_receipt or time.monotonic() - self.last_receipt < quiet):
+            time.sleep(0.2)
+
+    def summary(self) -> dict:
+        lags = sorted(self.lags_ms)
+
+        def pct(p: float) -> float | None:
+            return round(lags[min(len(lags) - 1, int(p / 100 * len(lags)))], 1) if lags else None
+
+        return {"deliveries": len(lags), "lag_ms": {"p50": pct(50), "p99": pct(99), "max": pct(100)}}
