@@ -255,15 +255,17 @@ class CommandHandler(Holding):
         the hold being confirmed). A booking committed after this read is caught by doctor_bookings' exclusion
         constraint, and decided again. Rows of expired holds no longer count: they are cleared first, so the
         constraint does not count them either."""
-        org = uuid.UUID(org_id)
-        await conn.execute("DELETE FROM doctor_bookings WHERE org_id = $1 AND doctor = $2 AND hold_expires_at <= $3",
-                           org, wanted.doctor, self.clock())
+        org, now = uuid.UUID(org_id), self.clock()
         rows = await conn.fetch(
-            "SELECT appointment_id, starts_at, ends_at FROM doctor_bookings WHERE org_id = $1 AND doctor = $2"
-            " AND starts_at < $4 AND ends_at > $3", org, wanted.doctor,
+            "SELECT appointment_id, starts_at, ends_at, hold_expires_at FROM doctor_bookings WHERE org_id = $1"
+            " AND doctor = $2 AND starts_at < $4 AND ends_at > $3", org, wanted.doctor,
             wanted.start - timedelta(days=1), wanted.end + timedelta(days=1))
+        expired = [r["appointment_id"] for r in rows if r["hold_expires_at"] and r["hold_expires_at"] <= now]
+        if expired:
+            await conn.execute("DELETE FROM doctor_bookings WHERE appointment_id = ANY($1::text[])"
+                               " AND hold_expires_at <= $2", expired, now)
         busy = [doctors.DoctorTime(r["appointment_id"], wanted.doctor, r["starts_at"], r["ends_at"]) for r in rows
-                if r["appointment_id"] != ignoring]
+                if r["appointment_id"] not in (ignoring, *expired)]
         clash = doctors.first_clash(wanted, busy)
         if clash is None:
             return
