@@ -172,11 +172,12 @@ def webhook_lag(settings: Settings, clinic: dict, url: str, seconds: int, logs: 
     """http-spread at 16 clients with every booking also delivered as a webhook by a dispatcher process of its
     own: the time from each event's commit to its receipt."""
     receiver = LagReceiver().start()
+    dispatcher = spawn("webhooks", settings, logs)
+    time.sleep(5)  # it reads the log from the start once: let it catch up before the measured load begins
     req = urllib.request.Request(f"{url}/v1/webhooks", method="POST",
                                  data=json.dumps({"url": receiver.url, "event_types": ["appointment.booked"]}).encode(),
                                  headers={"Authorization": f"Bearer {clinic['key']}", "Content-Type": "application/json"})
     urllib.request.urlopen(req, timeout=10).read()
-    dispatcher = spawn("webhooks", settings, logs)
     try:
         load = loadgen("spread", "--url", url, "--key", clinic["key"], "--clients", "16", "--seconds", str(seconds),
                        "--days", str(SPREAD_DAYS), "--lag-every", "0")

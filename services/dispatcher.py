@@ -95,6 +95,7 @@ class Dispatcher:
     batch_size: int = 500
     _session: aiohttp.ClientSession | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
+    _queued: asyncio.Event = field(default_factory=asyncio.Event)  # fan-out wrote deliveries: send now
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -135,12 +136,15 @@ class Dispatcher:
             if rows:
                 await conn.execute(_DELIVERIES, rows)
             await save_checkpoint(conn, CHECKPOINT, batch[-1].log_position)
+        if rows:
+            self._queued.set()
         return len(batch)
 
     # -- sending ------------------------------------------------------------------------------------------
     async def _send_loop(self) -> None:
+        # Woken by this process's fan-out; the poll finds retries coming due and another dispatcher's deliveries.
         await forever("webhooks-send", self.send_due,
-                      lambda: asyncio.sleep(min(self.settings.poll_interval_seconds, 0.2)))
+                      lambda: wait_flag(self._queued, min(self.settings.poll_interval_seconds, 0.2)))
 
     async def send_due(self) -> int:
         """Send the due head of every chain once; returns how many attempts were made."""
