@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas import http
 from schemas.http import AppointmentRecord, GeneralSettings, Session, SettingsPatch, Status, UpdateDoctor, UpdateWindow, \
     WindowOut
 
@@ -146,26 +147,9 @@ class NotificationRequested(Payload):
     channel_hint: str | None = None
 
 
-class HoldRecord(Payload):
-    """A hold as the window-day keeps it (HoldOut without its status)."""
-    hold_id: str = Field(pattern=r"^hold_[a-z0-9]{10}$")
-    appointment_type: str
-    branch_id: str
-    window_id: str
-    date: dt.date
-    session: Session
-    appointment_date: str
-    expires_at: str
-    created_at: str
-    patient_name: str | None
-    parent_phone: str | None
-    assigned_doctor: str | None
-    duration_minutes: int | None
-    external_reference_id: str | None
-    notes: str | None
-    reason: str | None
-    batch: str | None
-    waitlist_id: str | None
+class HoldRecord(http.HoldRecord):
+    """A hold as the window-day keeps it."""
+    model_config = ConfigDict(extra="forbid")
 
 
 class HoldPlaced(Payload):
@@ -183,18 +167,9 @@ class HoldEnded(Payload):
     waitlist_id: str | None = None
 
 
-class WaitlistEntryRecord(Payload):
-    waitlist_id: str = Field(pattern=r"^wl_[a-z0-9]{10}$")
-    appointment_type: str
-    branch_id: str
-    date: dt.date
-    session: Session | None
-    patient_name: str
-    parent_phone: str
-    external_reference_id: str | None
-    notes: str | None
-    joined_at: str
-    streams: list[str] = Field(description="The window-days whose queues the entry joined")
+class WaitlistEntryRecord(http.WaitlistEntryRecord):
+    """A waitlist entry as its window-days keep it."""
+    model_config = ConfigDict(extra="forbid")
 
 
 class WaitlistJoined(Payload):

@@ -363,16 +363,16 @@ class ConfirmHold(Strict):
     reason: str | None = Field(default=None, max_length=1000)
 
 
-class HoldOut(BaseModel):
+class HoldRecord(BaseModel):
+    """A hold as its window-day keeps it (the payload of hold.placed)."""
     hold_id: str = Field(pattern=r"^hold_[a-z0-9]{10}$")
-    status: HoldStatus = Field(description="`expired` from expires_at on, even before the sweeper records it")
-    expires_at: str
     appointment_type: str
     branch_id: str
     window_id: str
     date: dt.date
     session: Session
     appointment_date: str
+    expires_at: str
     created_at: str
     patient_name: str | None
     parent_phone: str | None
@@ -383,6 +383,10 @@ class HoldOut(BaseModel):
     reason: str | None
     batch: str | None
     waitlist_id: str | None = Field(description="Set when the hold is a waitlist offer")
+
+
+class HoldOut(HoldRecord):
+    status: HoldStatus = Field(description="`expired` from expires_at on, even before the sweeper records it")
     appointment_id: str | None = Field(description="The booking a confirmed hold became")
 
 
@@ -398,10 +402,9 @@ class JoinWaitlist(Strict):
     notes: str | None = Field(default=None, max_length=4000)
 
 
-class WaitlistOut(BaseModel):
+class WaitlistEntryRecord(BaseModel):
+    """A waitlist entry as its window-days keep it (the payload of waitlist.joined)."""
     waitlist_id: str = Field(pattern=r"^wl_[a-z0-9]{10}$")
-    status: EntryStatus
-    position: int | None = Field(description="1 = next in line; null once no longer waiting")
     appointment_type: str
     branch_id: str
     date: dt.date
@@ -411,8 +414,13 @@ class WaitlistOut(BaseModel):
     external_reference_id: str | None
     notes: str | None
     joined_at: str
+    streams: list[str] = Field(description="The window-days whose queues the entry joined")
+
+
+class WaitlistOut(WaitlistEntryRecord):
+    status: EntryStatus
+    position: int | None = Field(description="1 = next in line; null once no longer waiting")
     window_ids: list[str]
-    streams: list[str]
     hold_id: str | None = Field(description="The hold of the place offered")
     offer_expires_at: str | None
     appointment_id: str | None = Field(description="The booking a confirmed offer became")
