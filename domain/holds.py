@@ -160,8 +160,7 @@ def settle(catalog: Catalog, days: dict[str, wd.WindowDay], by_stream: dict[str,
         day = days[stream]
         if day.waiting or any(isinstance(e, ev.WaitlistJoined) for e in by_stream[stream]):
             after[stream] = scratch = copy.deepcopy(day)  # the real day is folded only once the commit holds
-            for event in by_stream[stream]:
-                scratch.apply(event)
+            scratch.fold(by_stream[stream])
     offered: dict[str, WaitlistEntry] = {}
     for stream, day in after.items():
         _let_go(day, set(offered), out[stream])

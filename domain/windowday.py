@@ -115,6 +115,10 @@ class WindowDay:
                 self._dequeue(event.waitlist_id)
         self.version += 1
 
+    def fold(self, events: list[ev.Event]) -> None:
+        for event in events:
+            self.apply(event)
+
     def _dequeue(self, waitlist_id: str | None) -> None:
         if waitlist_id is not None:
             self.waiting = [e for e in self.waiting if e.waitlist_id != waitlist_id]

@@ -155,7 +155,7 @@ class CommandHandler(Holding):
         stored = await self.uow.commit(conn, Work(
             org_id, catalog, version, [Change(day.stream_id, day.version, events, [meta])],
             touched=[(None, record)], results=[(day.stream_id, result)] if result else ()))
-        _fold(day, events)
+        day.fold(events)
         outcome.position = outcome.data["position"] = stored[-1].position
         return outcome
 
@@ -298,13 +298,9 @@ class CommandHandler(Holding):
                     days = {stream: day}
                     by_stream = await self._settled(conn, catalog, days, {stream: events}, self.clock())
                     after = copy.deepcopy(day)
-                    _fold(after, by_stream[stream])
+                    after.fold(by_stream[stream])
                     return await self._commit_days(conn, org_id, catalog, version, days, by_stream, meta,
                                                    Outcome(200, day_view(window, after)), stream)
 
         return await self.uow.retrying(attempt)
 
-
-def _fold(day: wd.WindowDay, events: list[ev.Event]) -> None:
-    for event in events:
-        day.apply(event)

@@ -56,8 +56,7 @@ class Holding:
         stored = await self.uow.commit(conn, Work(org_id, catalog, version, changes, touched=touched,
                                                   results=[(home, result)] if result else ()))
         for stream, events in by_stream.items():
-            for event in events:
-                days[stream].apply(event)
+            days[stream].fold(events)
         outcome.position = stored[-1].position
         if touched:
             outcome.data["position"] = outcome.position
