@@ -103,9 +103,12 @@ class Catalog:
     windows: dict[str, Window] = field(default_factory=dict)
     doctors: dict[str, Doctor] = field(default_factory=dict)
     exists: bool = False
+    # windows_at answers, by its arguments: every booking asks, and a clinic's bookings fall on few moments
+    _covering: dict[tuple, list[Window]] = field(default_factory=dict, repr=False, compare=False)
 
     # -- folding events ------------------------------------------------------------------------------
     def apply(self, event: ev.Event) -> None:
+        self._covering.clear()
         match event:
             case ev.OrgCreated():
                 self.exists = True
@@ -133,7 +136,7 @@ class Catalog:
     def evolved(self, events: list[ev.Event]) -> "Catalog":
         """A copy with `events` folded in; this catalog is left as it is (it may be shared, cached)."""
         after = replace(self, services=dict(self.services), branches=dict(self.branches), windows=dict(self.windows),
-                        doctors=dict(self.doctors))
+                        doctors=dict(self.doctors), _covering={})
         for event in events:
             after.apply(event)
         return after
@@ -194,13 +197,18 @@ class Catalog:
         """Windows of the branch covering this local wall-clock moment, in a stable order (rule 7)."""
         weekday = WEEKDAYS[local_moment.weekday()]
         wall = local_moment.time().replace(tzinfo=None)
+        asked = (branch_id, weekday, wall, service_id, session)
+        cached = self._covering.get(asked)
+        if cached is not None:
+            return list(cached)
         found = [
             w for w in self.windows.values()
             if w.branch_id == branch_id and w.day_of_week == weekday and w.covers(wall)
             and (w.service_id is None or service_id is None or w.service_id == service_id)
             and (session is None or w.session.casefold() == session.casefold())
         ]
-        return sorted(found, key=lambda w: (w.start_time, w.window_id))
+        self._covering[asked] = sorted(found, key=lambda w: (w.start_time, w.window_id))
+        return list(self._covering[asked])
 
 
 # -- decisions on configuration ------------------------------------------------------------------------

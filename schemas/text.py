@@ -41,3 +41,16 @@ def check_json(value: Any, where: str = "body", depth: int = 0) -> None:
     elif isinstance(value, list):
         for n, item in enumerate(value):
             check_json(item, f"{where}[{n}]", depth + 1)
+
+
+def check_decoded(raw: str | bytes, value: Any, where: str = "body") -> None:
+    """check_json for a value just decoded from JSON text `raw`, walking it only when the text could hold a
+    problem: a NUL or a lone surrogate reaches a decoded string only through a \\u escape (raw NUL is not
+    valid JSON), or, from bytes (json.loads decodes them with surrogatepass), as the UTF-8 lead byte 0xED; and
+    nesting deeper than MAX_DEPTH needs more than MAX_DEPTH brackets."""
+    if isinstance(raw, bytes):
+        escaped, brackets = b"\\u" in raw or b"\xed" in raw, raw.count(b"{") + raw.count(b"[")
+    else:  # text decoded leniently may hold a lone surrogate outright
+        escaped, brackets = "\\u" in raw or text_problem(raw) is not None, raw.count("{") + raw.count("[")
+    if escaped or brackets > MAX_DEPTH:
+        check_json(value, where)

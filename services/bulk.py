@@ -74,7 +74,16 @@ class _Facts:
     keys: dict[Key, str] = field(default_factory=dict)
     asked: set[Key] = field(default_factory=set)  # keys looked up (absent from `keys`: free)
     days: dict[str, wd.WindowDay] = field(default_factory=dict)
-    placements: dict[Any, wd.Placement] = field(default_factory=dict)  # command id → where its create lands
+    plans: dict[Any, "_Planned"] = field(default_factory=dict)  # command id → its create's request and placement
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A create as planned while reading: its request (the payload, dumped once), where it lands, and the
+    duplicate rule's key there."""
+    request: dict[str, Any]
+    placement: wd.Placement
+    key: Key | None
 
 
 @dataclass
@@ -192,8 +201,10 @@ class BulkDecider:
         try:
             if command.type == "create_appointment":
                 request = command.payload.model_dump()
-                placement = facts.placements[command.command_id] = decisions.plan_create(catalog, request, now)
-                return [(placement.stream_id, _key(org, catalog, request["parent_phone"], placement))]
+                placement = decisions.plan_create(catalog, request, now)
+                key = _key(org, catalog, request["parent_phone"], placement)
+                facts.plans[command.command_id] = _Planned(request, placement, key)
+                return [(placement.stream_id, key)]
             home = facts.homes.get(command.appointment_id)
             day = facts.days.get(home[1]) if home else None
             record = day.appointments.get(command.appointment_id) if day else None
@@ -262,18 +273,20 @@ class _Run:
 
     def _create(self, command: Any, org: str, meta: Meta) -> Decided:
         catalog = self.facts.catalogs[org][1]
-        request = command.payload.model_dump()
+        planned = self.facts.plans.get(command.command_id)  # planned on this run's configuration
+        request = planned.request if planned else command.payload.model_dump()
         ref = request.get("external_reference_id")
         if ref:
             existing = self.facts.refs.get((org, ref))
             if existing is not None:
                 record = self._record(existing)
                 return Decided(command, written(200, record.as_dict(), None, idempotent=True))
-        placement = self.facts.placements.get(command.command_id)  # planned on this run's configuration
-        if placement is None:
+        if planned is None:
             placement = decisions.plan_create(catalog, request, self.now)
+            key = _key(org, catalog, request["parent_phone"], placement)
+        else:
+            placement, key = planned.placement, planned.key
         day = self._day(placement.stream_id)
-        key = _key(org, catalog, request["parent_phone"], placement)
         duplicate = self._duplicate(key, None)
         appointment_id = new_appointment_id()
         events = decisions.decide_create(catalog, day, placement, request, appointment_id, self.now, duplicate)
@@ -283,7 +296,7 @@ class _Run:
         self._fold(org, day, events, meta)
         self.facts.homes[appointment_id] = (org, day.stream_id)
         self._touch(org, catalog, None, record)
-        return self._answer(command, org, meta, written(201, record.as_dict(), None), day)
+        return self._answer(command, org, meta, written(201, events[0].appointment, None), day)
 
     def _update(self, command: Any, org: str, meta: Meta) -> Decided:
         catalog = self.facts.catalogs[org][1]

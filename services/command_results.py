@@ -37,7 +37,7 @@ class PendingResult:
 def pending(meta: Meta, outcome: Outcome, stream_version: int) -> PendingResult | None:
     if meta.command_id is None:
         return None
-    body = CommandResult.of(meta.command_id, outcome.status, outcome.data, None, outcome.idempotent).as_json()
+    body = CommandResult.ok_body(meta.command_id, outcome.status, outcome.data, None, outcome.idempotent)
     return PendingResult(meta.command_id, body, stream_version)
 
 

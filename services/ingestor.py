@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from domain.errors import DomainError
 from schemas.kafka import COMMAND, COMMAND_TYPES, CommandResult
-from schemas.text import BadInput, check_json
+from schemas.text import BadInput, check_decoded
 from services import commands
 from services import command_results
 from services.command_results import CommandAlreadyApplied
@@ -72,7 +72,7 @@ def decode(value: bytes | None) -> Any | DeadLetter:
     if not isinstance(raw, dict):
         return DeadLetter("schema_invalid", "the value must be a JSON object", command_id)
     try:  # the same rules as HTTP bodies: no NUL, no lone surrogate, no deep nesting
-        check_json(raw, "value")
+        check_decoded(text, raw, "value")
     except BadInput as exc:
         return DeadLetter("schema_invalid", str(exc), command_id)
     if "type" in raw and raw["type"] not in COMMAND_TYPES:
@@ -221,8 +221,8 @@ class Ingestor:
                                                 exc.extra).as_json()
         else:
             outcome = decided.outcome
-            item.result = CommandResult.of(command_id, outcome.status, outcome.data, outcome.position,
-                                           outcome.idempotent).as_json()
+            item.result = CommandResult.ok_body(command_id, outcome.status, outcome.data, outcome.position,
+                                                outcome.idempotent)
             item.stored = outcome.position is not None  # recorded with its events
         COMMANDS.labels(item.command.type, str(item.result["ok"]).lower()).inc()
 
@@ -233,8 +233,8 @@ class Ingestor:
         with structlog.contextvars.bound_contextvars(command_id=command_id, command_type=command.type):
             try:
                 outcome = await commands.execute(self.handler, command, meta)
-                item.result = CommandResult.of(command_id, outcome.status, outcome.data, outcome.position,
-                                               outcome.idempotent).as_json()
+                item.result = CommandResult.ok_body(command_id, outcome.status, outcome.data, outcome.position,
+                                                    outcome.idempotent)
                 item.stored = outcome.position is not None  # recorded with its events
             except DomainError as exc:
                 item.result = CommandResult.refused(command_id, exc.status, exc.code, exc.message, exc.details,

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from domain.errors import DomainError
-from schemas.text import MAX_DEPTH, BadInput, check_json, text_problem
+from schemas.text import MAX_DEPTH, BadInput, check_decoded, text_problem
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -49,7 +49,7 @@ def parse_json(raw: bytes) -> Any:
     if not isinstance(body, dict):
         raise DomainError("VALIDATION_ERROR", "the body must be a JSON object", {"body": "must be an object"})
     try:
-        check_json(body)
+        check_decoded(raw, body)
     except BadInput as exc:
         raise _refuse(exc.where, exc.problem) from None
     return body

@@ -1,0 +1,49 @@
+"""The hot paths' shortcuts hold to what they shortcut: a Kafka result body to its model, and the screen of
+decoded JSON to the full walk."""
+import json
+import uuid
+
+import pytest
+
+from schemas.kafka import CommandResult
+from schemas.text import BadInput, check_decoded, check_json
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+@pytest.mark.parametrize("position", [None, 42])
+def test_a_success_body_is_what_the_model_makes_of_it(idempotent, position):
+    command_id = uuid.uuid4()
+    data = {"appointment_id": "appt_1", "token": 3, "notes": None, "follow_up_required": False,
+            "position": position}
+    body = CommandResult.ok_body(command_id, 201, data, position, idempotent)
+    assert json.loads(json.dumps(body)) == body
+    model = CommandResult.model_validate(body)
+    assert model.ok and model.command_id == command_id and model.position == position
+    assert model.as_json() == body
+
+
+BAD = [
+    b'{"a": "\\u0000"}',                     # NUL through an escape
+    '{"a": "\\ud800"}'.encode(),              # a lone surrogate through an escape
+    b'{"a": "\xed\xa0\x80"}',                 # a lone surrogate as raw bytes (json.loads lets it through)
+    b"[" * 34 + b"]" * 34,                    # too deep
+    b'{"\\u0000": 1}',                        # a bad field name
+]
+GOOD = [b'{"a": "ok", "b": [1, {"c": "\xed\x9e\xa3"}]}', b'{"a": "caf\\u00e9"}', b"[" * 33 + b"]" * 33]
+
+
+@pytest.mark.parametrize("raw", BAD + GOOD)
+def test_the_screen_refuses_exactly_what_the_walk_refuses(raw):
+    value = json.loads(raw)
+
+    def verdict(check) -> str | None:
+        try:
+            check()
+        except BadInput as exc:
+            return str(exc)
+        return None
+
+    walked = verdict(lambda: check_json(value))
+    assert verdict(lambda: check_decoded(raw, value)) == walked
+    assert verdict(lambda: check_decoded(raw.decode("utf-8", "surrogatepass"), value)) == walked
+    assert (walked is None) == (raw in GOOD)
