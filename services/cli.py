@@ -85,6 +85,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if unknown:
         print(f"slotledger serve: unknown component(s) {sorted(unknown)}; choose from {COMPONENTS}", file=sys.stderr)
         return 2
+    if args.workers < 1:
+        print("slotledger serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        from services import workers
+        from services.local.ports import free_port
+
+        return workers.run(args.workers, components, settings.http_port or free_port())
     _run_service(_serve(settings, components))
     return 0
 
@@ -243,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     serve = sub.add_parser("serve", help="run against existing servers (production)")
     serve.add_argument("--only", help=f"comma-separated subset of {','.join(COMPONENTS)}")
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the HTTP port and the Kafka "
+                       "consumer group (default 1); the once-per-deployment loops run in the first")
     serve.set_defaults(func=cmd_serve)
     status = sub.add_parser("status", help="the running local stack's endpoints")
     status.add_argument("--json", action="store_true")

@@ -129,11 +129,11 @@ class Runtime:
         if "gateway" in self.components:
             self._runner = protocol.runner(build_app(self), s.head_timeout_seconds, s.max_connections)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, s.http_host, s.http_port)
+            site = web.TCPSite(self._runner, s.http_host, s.http_port, reuse_port=s.http_reuse_port or None)
             await site.start()
             port = self._runner.addresses[0][1]
             self.http_url = f"http://{s.http_host}:{port}"
-            log.info("gateway listening", url=self.http_url)
+            log.info("gateway listening", url=self.http_url, worker=s.worker)
 
     async def readiness(self) -> dict:
         checks: dict[str, dict] = {}

@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     topic_replication: int = 1
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    http_reuse_port: bool = False  # SO_REUSEPORT: set by `serve --workers N`, whose workers share the port
+    worker: int = 0  # which of `serve --workers N` this process is (0 runs the once-per-deployment loops)
     state_dir: Path = Path(".slotledger")  # local stack data and its endpoints file
     log_level: str = "info"
     pool_min_size: int = 2
@@ -27,14 +29,14 @@ class Settings(BaseSettings):
     statement_timeout_seconds: float = 10.0  # any one statement, at most; then 503 (or a loop's retry)
     command_retries: int = 8
     poll_interval_seconds: float = 1.0
-    sweep_interval_seconds: float = 1.0
+    sweep_interval_seconds: float = 1.0  # how often expired holds are recorded and expired offers passed on
     webhooks_allow_private: bool = False  # endpoints on loopback/private addresses, and http to them
     webhook_secrets_key: str | None = None  # a Fernet key for webhook secrets at rest (else one kept in the DB)
     webhook_timeout_seconds: float = 10.0
     webhook_retry_base_seconds: float = 5.0  # the first retry's delay; doubled each time, with jitter
     webhook_retry_max_seconds: float = 3600.0
     webhook_retry_hours: float = 72.0  # then the delivery is `failed`
-    webhook_disable_after_hours: float = 120.0  # an endpoint failing this long is disabled  # how often expired holds are recorded and expired offers passed on
+    webhook_disable_after_hours: float = 120.0  # an endpoint failing this long is disabled
     auth_failures_per_minute: int = 60  # per client address; then 429 RATE_LIMITED until the window clears
     head_timeout_seconds: float = 10.0  # a request head must arrive within this of its first byte
     body_timeout_seconds: float = 30.0  # a request body must arrive within this

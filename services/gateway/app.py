@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -276,7 +277,9 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     checks = await request.app[BACKEND].readiness()
     ready = all(check["ok"] for check in checks.values() if check.get("required", True))
-    return web.json_response({"status": "ready" if ready else "not_ready", "checks": checks},
+    settings = request.app[BACKEND].settings
+    return web.json_response({"status": "ready" if ready else "not_ready", "checks": checks,
+                              "process": {"worker": settings.worker, "pid": os.getpid()}},
                              status=200 if ready else 503)
 
 
