@@ -87,12 +87,15 @@ _COLUMNS = ("global_position, transaction_id::text::bigint AS transaction_id, ev
 # existing streams, an insert for new ones), and the events only if every stream was claimed. $1: the streams
 # as JSON rows [stream_id, expected, new version, org_id]; $2: the events as JSON rows [event_id, stream_id,
 # stream_version, type, schema_version, data, metadata, org_id]; $3: how many streams. A statement that claimed
-# some streams but not all inserts nothing; its caller rolls back (see EventStore.append).
+# some streams but not all inserts nothing; its caller rolls back (see EventStore.append). The streams are found
+# through their key (`= ANY(ARRAY(…))`): the plan is cached and generic, and joined to a JSON set estimated at
+# 100 rows it would scan the whole table, every patient's stream included, on every append.
 _APPEND = """
 WITH input AS (SELECT (r->>0)::text AS stream_id, (r->>1)::int AS expected, (r->>2)::int AS version,
                       (r->>3)::uuid AS org_id FROM jsonb_array_elements($1::jsonb) AS r),
 claimed AS (UPDATE streams s SET version = i.version FROM input i
-            WHERE s.stream_id = i.stream_id AND i.expected > 0 AND s.version = i.expected{condition}
+            WHERE s.stream_id = ANY(ARRAY(SELECT stream_id FROM input WHERE expected > 0))
+              AND s.stream_id = i.stream_id AND i.expected > 0 AND s.version = i.expected{condition}
             RETURNING s.stream_id),
 created AS (INSERT INTO streams (stream_id, version, org_id) SELECT stream_id, version, org_id FROM input
             WHERE expected = 0{condition} ON CONFLICT DO NOTHING RETURNING stream_id),
