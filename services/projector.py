@@ -108,8 +108,8 @@ async def rebuild(pool: asyncpg.Pool, store: EventStore, names: list[str] | None
                 await conn.execute(f"TRUNCATE {table}")
             await conn.execute("DELETE FROM checkpoints WHERE name = $1", projector.name)
         position, events = START, 0
-        while batch := await store.read_log(position, REBUILD_BATCH, conn, gap_safe=gap_safe):
-            for statement in project(chosen, decoded(batch)):
+        async for batch, statements in _projected(pool, store, chosen, gap_safe):
+            for statement in statements:
                 await statement.run(conn)
             events += len(batch)
             position = batch[-1].log_position
@@ -121,6 +121,33 @@ async def rebuild(pool: asyncpg.Pool, store: EventStore, names: list[str] | None
     log.info("rebuilt", projections=[p.name for p in chosen], events=events,
              seconds=round(time.perf_counter() - started, 3))
     return report
+
+
+async def _projected(pool: asyncpg.Pool, store: EventStore, projectors: list[Projector], gap_safe: bool):
+    """The log in batches, each with its compiled statements, read and projected on a connection of its own
+    one batch ahead of the writer: PostgreSQL writes a batch while Python reads and projects the next. (The
+    reader starts once the rebuild holds its locks: an event it cannot see yet belongs to a writer that waits
+    on them, and that writer projects it itself after the rebuild commits.)"""
+    ready: asyncio.Queue = asyncio.Queue(maxsize=1)
+
+    async def read() -> None:
+        position = START
+        try:
+            async with pool.acquire() as reader:
+                while batch := await store.read_log(position, REBUILD_BATCH, reader, gap_safe=gap_safe):
+                    position = batch[-1].log_position
+                    await ready.put((batch, project(projectors, decoded(batch))))
+        finally:  # the end of the log, or a failure the writer then raises
+            await ready.put(None)
+
+    reading = asyncio.create_task(read(), name="rebuild-reader")
+    try:
+        while (item := await ready.get()) is not None:
+            yield item
+        await reading  # its failure, if any, is the rebuild's
+    finally:
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
 
 
 async def rebuild_after_migrations(pool: asyncpg.Pool, store: EventStore, applied: list[str]) -> None:
