@@ -14,6 +14,7 @@ from aiohttp import web
 class LagReceiver:
     def __init__(self) -> None:
         self.lags_ms: list[float] = []
+        self.received_at: list[float] = []  # monotonic seconds, one per entry of lags_ms
         self.ids: set[str] = set()
         self.last_receipt = 0.0
         self.url = ""
@@ -27,6 +28,7 @@ class LagReceiver:
             self.ids.add(event["id"])
             sent = dt.datetime.fromisoformat(event["time"])
             self.lags_ms.append((dt.datetime.now(dt.timezone.utc) - sent).total_seconds() * 1000)
+            self.received_at.append(time.monotonic())
         self.last_receipt = time.monotonic()
         return web.Response(status=204)
 
@@ -59,4 +61,9 @@ class LagReceiver:
         def pct(p: float) -> float | None:
             return round(lags[min(len(lags) - 1, int(p / 100 * len(lags)))], 1) if lags else None
 
-        return {"deliveries": len(lags), "lag_ms": {"p50": pct(50), "p99": pct(99), "max": pct(100)}}
+        start = self.received_at[0] if self.received_at else 0.0
+        step = max(1, len(lags) // 2000)  # enough points to draw, few enough to keep the report small
+        series = [[round(t - start, 3), round(lag, 1)]
+                  for t, lag in zip(self.received_at[::step], self.lags_ms[::step])]
+        return {"deliveries": len(lags), "lag_ms": {"p50": pct(50), "p99": pct(99), "max": pct(100)},
+                "lag_over_time": series}

@@ -37,6 +37,7 @@ from services.keys import SCOPES, create_key
 from services.local.kafka import KAFKA_VERSION, LocalKafka
 from services.local.ports import free_port
 from services.local.postgres import LocalPostgres, bin_dir
+from bench import plots
 from bench.receiver import LagReceiver
 from services.projector import rebuild
 from services.runtime import Runtime
@@ -308,7 +309,10 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
             spy.wait(30)
         stop(ingestor)
     span = (max(stamps) - min(stamps)) / 1000 if len(stamps) > 1 else float("nan")
-    out = {"commands": commands, "results": len(stamps), "ok": ok, "publish_seconds": round(published, 1),
+    first = min(stamps) if stamps else 0
+    per_second = Counter((stamp - first) // 1000 for stamp in stamps)
+    timeline = [[second, per_second.get(second, 0)] for second in range(int(max(per_second, default=-1)) + 1)]
+    out = {"commands": commands, "results": len(stamps), "ok": ok, "results_per_second": timeline, "publish_seconds": round(published, 1),
            "first_to_last_result_seconds": round(span, 2), "commands_per_s": round((len(stamps) - 1) / span, 1),
            "wall_seconds_from_process_start": round(wall, 1),
            "commands_per_s_from_process_start": round(len(stamps) / wall, 1), "cores_busy": cores,
@@ -482,7 +486,7 @@ async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka
                 stop(service)
                 service = spawn("gateway,projectors,relay", settings, logs, workers)
                 wait_ready(url)
-            for clients in (16, 64):
+            for clients in (4, 16, 64):
                 raw = OUT / f"profile-{stamp}.txt"
                 spy = profile_start(service.pid, seconds, raw) if profile and clients == 64 and workers == 1 else None
                 cpu_before = cpu_snapshot(service.pid, pg.process.pid, kafka.process.pid)
@@ -543,6 +547,8 @@ async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka
     (OUT / f"report-{stamp}.txt").write_text(text + "\n")
     print(text)
     print(f"\nreport: {OUT / f'report-{stamp}.json'}")
+    for png in plots.draw(report, OUT / f"report-{stamp}"):
+        print(f"plot: {png}")
     return report
 
 
