@@ -269,12 +269,14 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
     try:
         today = dt.date.today()
         sends = []
+        ours = set()  # this run's command ids: the results topic also holds an earlier run's results
         for i in range(commands):
             day = today + dt.timedelta(days=1 + i % SPREAD_DAYS)
             moment = f"{day.isoformat()}T{8 + (i // SPREAD_DAYS) % 12:02d}:{(i * 7) % 4 * 15:02d}:00Z"
             body = {"command_id": str(uuid.uuid4()), "org_id": clinic["org_id"], "type": "create_appointment",
                     "payload": {"appointment_type": clinic["service_id"], "appointment_date": moment,
                                 "patient_name": "Kafka Bench", "parent_phone": f"+3{workers}{i:08d}"}}  # each run its own patients
+            ours.add(body["command_id"])
             sends.append(await producer.send(topic, json.dumps(body).encode(),
                                               key=f"{clinic['org_id']}|{day.isoformat()}".encode()))
         await asyncio.gather(*sends)
@@ -296,8 +298,10 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
         while len(stamps) < commands and time.perf_counter() - launched < 900:
             for records in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
                 for record in records:
-                    stamps.append(record.timestamp)
-                    ok += json.loads(record.value)["ok"]
+                    result = json.loads(record.value)
+                    if result["command_id"] in ours:
+                        stamps.append(record.timestamp)
+                        ok += result["ok"]
         wall = time.perf_counter() - launched
         cores = cpu_share(cpu_before, cpu_snapshot(ingestor.pid, *pids), wall, 0)
         cores["ingestor"] = cores.pop("service")

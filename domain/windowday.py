@@ -180,7 +180,9 @@ class WindowDay:
         return {service: n for service, n in self._active.items() if n}
 
     def duplicate_of(self, phone: str, service_id: str, excluding: str | None = None) -> str | None:
-        holders = self._holders.get((phone_key(phone, self.phone_region), service_id), ())
+        holders = self._holders.get((phone_key(phone, self.phone_region), service_id))
+        if not holders:  # the usual case: no other booking of this phone and type that day
+            return None
         return next((a for a in sorted(holders) if a != excluding), None)
 
 

@@ -3,8 +3,10 @@ command on <prefix>.command-results, anything unreadable to <prefix>.commands.dl
 
 A fetched batch is decided in order, its appointment commands set-wise (services/bulk.py: each window-day
 loaded once, everything decided committed in one statement), so each routing key's commands keep their order;
-results and dead letters are produced and acknowledged before the batch's offsets are committed. A command's effect and its result commit in one transaction (`command_results`), so a
-redelivery after a crash or a rebalance, or a republished command_id, gets the same result and no second effect.
+results and dead letters are produced and acknowledged before the batch's offsets are committed. That happens
+while the next batch is decided, whose answers go out only once the previous batch's offsets are committed.
+A command's effect and its result commit in one transaction (`command_results`), so a redelivery after a
+crash or a rebalance, or a republished command_id, gets the same result and no second effect.
 """
 from __future__ import annotations
 
@@ -103,6 +105,7 @@ class Ingestor:
     _batch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _stopping: bool = False
     _task: asyncio.Task | None = None
+    _in_flight: tuple[dict, asyncio.Task] | None = None  # a decided batch whose answers are going out
     bulk: BulkDecider = field(init=False)
 
     def __post_init__(self) -> None:
@@ -120,7 +123,7 @@ class Ingestor:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=s.topic("ingestor"), enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=self.max_batch, isolation_level="read_committed")
-        self._consumer.subscribe([self.topic], listener=_FinishBatchFirst(self._batch_lock))
+        self._consumer.subscribe([self.topic], listener=_FinishBatchFirst(self))
         await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name="ingestor")
 
@@ -133,18 +136,57 @@ class Ingestor:
                 await loop.failed(exc)
                 continue
             if not batches:
-                loop.ok()
+                if self._in_flight is not None and self._in_flight[1].done():  # a failure is seen while idle too
+                    async with self._batch_lock:
+                        await self._flush(loop)
+                else:
+                    loop.ok()
                 continue
             async with self._batch_lock:
                 try:
-                    await self._process([r for records in batches.values() for r in records])
-                    await self._consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
-                    loop.ok()
+                    items = await self._decide_batch([r for records in batches.values() for r in records])
                 except Exception as exc:  # the batch is redelivered: its effects are recorded, so none repeats
-                    for tp, records in batches.items():
-                        if tp in self._consumer.assignment():
-                            self._consumer.seek(tp, records[0].offset)
+                    self._rewind(batches)
                     await loop.failed(exc)
+                    continue
+                # The previous batch's answers went out while this one was decided; only once they are
+                # acknowledged and its offsets committed may this one's follow.
+                if not await self._flush(loop, batches):
+                    continue
+                self._in_flight = (batches, asyncio.create_task(self._answer(items, batches)))
+        async with self._batch_lock:
+            await self._flush(loop)
+
+    async def _answer(self, items: list[_Item], batches: dict) -> None:
+        await self._publish(items)
+        await self._consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+
+    async def _flush(self, loop, decided_since: dict | None = None) -> bool:
+        """Wait for the batch whose answers are going out; if they failed, rewind to it, and to the batch
+        `decided_since` on partitions that one alone read (both are redelivered: every effect is recorded,
+        so none repeats)."""
+        if self._in_flight is None:
+            return True
+        batches, answering = self._in_flight
+        self._in_flight = None
+        try:
+            await answering
+        except Exception as exc:
+            self._rewind(batches, decided_since or {})
+            await loop.failed(exc)
+            return False
+        loop.ok()
+        return True
+
+    def _rewind(self, *batch_sets: dict) -> None:
+        """Seek each partition back to the earliest offset any of these batches read from it."""
+        earliest: dict[TopicPartition, int] = {}
+        for batches in batch_sets:
+            for tp, records in batches.items():
+                earliest[tp] = min(earliest.get(tp, records[0].offset), records[0].offset)
+        for tp, offset in earliest.items():
+            if tp in self._consumer.assignment():
+                self._consumer.seek(tp, offset)
 
     async def lag(self) -> int:
         """Commands on the broker not yet taken, over this consumer's partitions (as of its last fetch)."""
@@ -169,7 +211,8 @@ class Ingestor:
             await self._producer.stop()
 
     # -- one batch ---------------------------------------------------------------------------------------
-    async def _process(self, records: list[ConsumerRecord]) -> None:
+    async def _decide_batch(self, records: list[ConsumerRecord]) -> list[_Item]:
+        """Every message of the batch decided and its result stored (not yet produced)."""
         items = [_Item(record) for record in records]
         for item in items:
             decoded = decode(item.record.value)
@@ -184,7 +227,7 @@ class Ingestor:
         await self._recall(items)
         await self._decide(items)
         await self._store_results(items)
-        await self._publish(items)
+        return items
 
     async def _recall(self, items: list[_Item]) -> None:
         """Commands already processed (redelivered or republished) get their stored result again."""
@@ -291,14 +334,15 @@ class Ingestor:
 
 
 class _FinishBatchFirst(ConsumerRebalanceListener):
-    """Partitions are given up only between batches, so the batch in hand is committed by its owner."""
+    """Partitions are given up only between batches, once the batch in hand is answered and committed by its
+    owner."""
 
-    def __init__(self, lock: asyncio.Lock):
-        self.lock = lock
+    def __init__(self, ingestor: Ingestor):
+        self.ingestor = ingestor
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        async with self.lock:
-            pass
+        async with self.ingestor._batch_lock:
+            await self.ingestor._flush(health("ingestor"))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         pass

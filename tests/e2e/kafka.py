@@ -62,10 +62,12 @@ def results_by_command(records: list) -> dict[str, list[dict]]:
     return out
 
 
-def service_process(components: str, pg_url: str, schema: str, bootstrap: str, prefix: str) -> subprocess.Popen:
-    """`slotledger serve --only <components>` as its own process."""
+def service_process(components: str, pg_url: str, schema: str, bootstrap: str, prefix: str,
+                    **settings: str) -> subprocess.Popen:
+    """`slotledger serve --only <components>` as its own process; `settings`: more SLOTLEDGER_* variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLOTLEDGER_")}
     env.update(SLOTLEDGER_DATABASE_URL=pg_url, SLOTLEDGER_DATABASE_SCHEMA=schema, SLOTLEDGER_KAFKA_BOOTSTRAP=bootstrap,
-               SLOTLEDGER_TOPIC_PREFIX=prefix, SLOTLEDGER_LOG_LEVEL="warning", SLOTLEDGER_POLL_INTERVAL_SECONDS="0.2")
+               SLOTLEDGER_TOPIC_PREFIX=prefix, SLOTLEDGER_LOG_LEVEL="warning", SLOTLEDGER_POLL_INTERVAL_SECONDS="0.2",
+               **settings)
     return subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--only", components], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

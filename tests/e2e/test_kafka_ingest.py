@@ -218,7 +218,9 @@ async def test_a_killed_ingestor_loses_no_command_and_applies_none_twice(pg_url,
         ids = {c["command_id"] for c, _ in cmds}
         results_topic = settings.topic("command-results")
 
-        first = service_process("ingestor", pg_url, schema, kafka_bootstrap, topic_prefix)
+        # small batches, so the kill lands mid-stream however fast the ingestor is
+        first = service_process("ingestor", pg_url, schema, kafka_bootstrap, topic_prefix,
+                                SLOTLEDGER_INGEST_MAX_BATCH="100")
         await read_topic(kafka_bootstrap, results_topic, lambda recs: len(recs) >= 300, timeout=60)
         first.send_signal(signal.SIGKILL)  # mid-stream: no clean stop, no final commit
         first.wait(10)
