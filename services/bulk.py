@@ -14,7 +14,6 @@ twice lost, each command takes the careful path. Either way each command is deci
 """
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -27,9 +26,9 @@ from domain import events as ev
 from domain import windowday as wd
 from domain.appointment import Appointment
 from domain.errors import DomainError, not_found
-from domain.patients import phone_key
 from projections import write_side
 from services.command_results import CommandAlreadyApplied, pending
+from services.bulk_facts import Facts, Key, duplicate_key, org_of_stream, read
 from services.commands import appointment_patch
 from services.handler import CommandHandler, new_appointment_id
 from services.logs import log
@@ -60,30 +59,6 @@ def takes(command: Any) -> bool:
         return False
     payload = command.payload
     return not getattr(payload, "assigned_doctor", None)  # a doctor's conflicts are read one by one
-
-
-Key = tuple[str, str, str, str]  # org, phone, service, local date: the duplicate rule
-
-
-@dataclass
-class _Facts:
-    """What a run read: per org its config version and catalog, where appointments live, references, keys."""
-    catalogs: dict[str, tuple[int, cat.Catalog]] = field(default_factory=dict)
-    homes: dict[str, tuple[str, str]] = field(default_factory=dict)  # appointment → (org, stream)
-    refs: dict[tuple[str, str], str] = field(default_factory=dict)  # (org, reference) → appointment
-    keys: dict[Key, str] = field(default_factory=dict)
-    asked: set[Key] = field(default_factory=set)  # keys looked up (absent from `keys`: free)
-    days: dict[str, wd.WindowDay] = field(default_factory=dict)
-    plans: dict[Any, "_Planned"] = field(default_factory=dict)  # command id → its create's request and placement
-
-
-@dataclass(frozen=True)
-class _Planned:
-    """A create as planned while reading: its request (the payload, dumped once), where it lands, and the
-    duplicate rule's key there."""
-    request: dict[str, Any]
-    placement: wd.Placement
-    key: Key | None
 
 
 @dataclass
@@ -126,7 +101,7 @@ class BulkDecider:
         uow = self.handler.uow
         for _ in range(_ATTEMPTS):
             async with self.handler.pool.acquire() as conn:
-                facts = await self._read(conn, commands)
+                facts = await read(uow, self.handler.clock(), conn, commands)
                 async with uow.locks(sorted(facts.days)):
                     try:
                         return await self._decide_and_commit(conn, commands, facts)
@@ -136,92 +111,11 @@ class BulkDecider:
                         return None
         return None
 
-    # -- reading ---------------------------------------------------------------------------------------
-    async def _read(self, conn: asyncpg.Connection, commands: Sequence[Any]) -> _Facts:
-        facts = _Facts()
-        orgs = sorted({str(c.org_id) for c in commands})
-        versions = dict(await conn.fetch("SELECT org_id::text, config_version FROM orgs WHERE org_id = ANY($1::uuid[])",
-                                         orgs))
-        for org, version in versions.items():
-            facts.catalogs[org] = (version, await self.handler.uow.catalog_at(org, version, conn))
-        appointments = [c.appointment_id for c in commands if c.type != "create_appointment"]
-        refs = [(str(c.org_id), c.payload.external_reference_id) for c in commands
-                if c.type == "create_appointment" and c.payload.external_reference_id]
-        for row in await conn.fetch(
-                "SELECT a.appointment_id, a.org_id::text AS org, a.stream_id, r.external_reference_id AS ref"
-                " FROM appointment_streams a LEFT JOIN booking_refs r USING (appointment_id)"
-                " WHERE a.appointment_id = ANY($1::text[]) OR (a.org_id, a.appointment_id) IN (SELECT b.org_id,"
-                " b.appointment_id FROM booking_refs b JOIN unnest($2::uuid[], $3::text[]) AS k(org, ref)"
-                " ON b.org_id = k.org AND b.external_reference_id = k.ref)",
-                appointments, [o for o, _ in refs], [r for _, r in refs]):
-            facts.homes[row["appointment_id"]] = (row["org"], row["stream_id"])
-            if row["ref"]:
-                facts.refs[(row["org"], row["ref"])] = row["appointment_id"]
-        await self._load_days(conn, facts, {s for _, s in facts.homes.values()})
-        # Where creates and reschedules land, and the duplicate keys they will ask about.
-        streams: set[str] = set()
-        for command in commands:
-            for stream, key in self._plan(command, facts):
-                streams.add(stream)
-                if key is not None:
-                    facts.asked.add(key)
-        await self._load_days(conn, facts, streams)
-        asked = sorted(facts.asked)
-        for row in await conn.fetch(
-                "SELECT b.org_id::text AS org, b.phone, b.service_id, b.local_date::text AS day, b.appointment_id"
-                " FROM booking_keys b JOIN unnest($1::uuid[], $2::text[], $3::text[], $4::date[])"
-                " AS k(org, phone, service_id, day) ON b.org_id = k.org AND b.phone = k.phone"
-                " AND b.service_id = k.service_id AND b.local_date = k.day",
-                [k[0] for k in asked], [k[1] for k in asked], [k[2] for k in asked],
-                [dt.date.fromisoformat(k[3]) for k in asked]):
-            facts.keys[(row["org"], row["phone"], row["service_id"], row["day"])] = row["appointment_id"]
-        return facts
-
-    async def _load_days(self, conn: asyncpg.Connection, facts: _Facts, streams: set[str]) -> None:
-        wanted = {}
-        for stream in streams - set(facts.days):
-            org = self._org_of_stream(stream, facts)
-            if org is not None:
-                wanted[stream] = facts.catalogs[org][1]
-        if wanted:
-            facts.days.update(await self.handler.uow.days(conn, wanted))
-
-    @staticmethod
-    def _org_of_stream(stream: str, facts: _Facts) -> str | None:
-        window_id, _ = wd.split_stream_id(stream)
-        return next((org for org, (_, c) in facts.catalogs.items() if window_id in c.windows), None)
-
-    def _plan(self, command: Any, facts: _Facts) -> list[tuple[str, Key | None]]:
-        """(stream, duplicate key) pairs the command will need, as far as can be told before deciding."""
-        org = str(command.org_id)
-        if org not in facts.catalogs:
-            return []
-        catalog = facts.catalogs[org][1]
-        now = self.handler.clock()
-        try:
-            if command.type == "create_appointment":
-                request = command.payload.model_dump()
-                placement = decisions.plan_create(catalog, request, now)
-                key = _key(org, catalog, request["parent_phone"], placement)
-                facts.plans[command.command_id] = _Planned(request, placement, key)
-                return [(placement.stream_id, key)]
-            home = facts.homes.get(command.appointment_id)
-            day = facts.days.get(home[1]) if home else None
-            record = day.appointments.get(command.appointment_id) if day else None
-            if record is None:
-                return []
-            plan = decisions.plan_update(catalog, record, appointment_patch(command), now)
-            if plan.placement is None:
-                return []
-            return [(plan.placement.stream_id, _key(org, catalog, record.parent_phone, plan.placement))]
-        except DomainError:
-            return []
-
     # -- deciding --------------------------------------------------------------------------------------
     async def _decide_and_commit(self, conn: asyncpg.Connection, commands: Sequence[Any],
-                                 facts: _Facts) -> list[Decided]:
+                                 facts: Facts) -> list[Decided]:
         # Under the locks, every day as the log has it now (a version check; reloads only what moved).
-        facts.days = await self.handler.uow.days(conn, {s: facts.catalogs[self._org_of_stream(s, facts)][1]
+        facts.days = await self.handler.uow.days(conn, {s: facts.catalogs[org_of_stream(s, facts)][1]
                                                         for s in facts.days})
         run = _Run(facts, self.handler.clock())
         decided: list[Decided] = []
@@ -238,18 +132,10 @@ class BulkDecider:
             raise
         return decided
 
-
-def _key(org: str, catalog: cat.Catalog, phone: str, placement: wd.Placement) -> Key | None:
-    if not catalog.settings.prevent_duplicate_bookings:
-        return None
-    return (org, phone_key(phone, catalog.settings.phone_region), placement.service.service_id,
-            placement.local_date.isoformat())
-
-
 @dataclass
 class _Run:
     """The decisions of one run, folded as they are made into its window-days."""
-    facts: _Facts
+    facts: Facts
     now: Any
     changes: dict[tuple[str, str], Change] = field(default_factory=dict)  # (org, stream) → its events
     touched: dict[str, list[tuple[Appointment | None, Appointment]]] = field(default_factory=dict)  # per org
@@ -283,7 +169,7 @@ class _Run:
                 return Decided(command, written(200, record.as_dict(), None, idempotent=True))
         if planned is None:
             placement = decisions.plan_create(catalog, request, self.now)
-            key = _key(org, catalog, request["parent_phone"], placement)
+            key = duplicate_key(org, catalog, request["parent_phone"], placement)
         else:
             placement, key = planned.placement, planned.key
         day = self._day(placement.stream_id)
@@ -317,7 +203,7 @@ class _Run:
         target = duplicate = None
         if plan.placement is not None:
             target = self._day(plan.placement.stream_id)
-            duplicate = self._duplicate(_key(org, catalog, before.parent_phone, plan.placement), appointment_id)
+            duplicate = self._duplicate(duplicate_key(org, catalog, before.parent_phone, plan.placement), appointment_id)
         by_stream = decisions.decide_update(catalog, source, appointment_id, patch, self.now, target,
                                             plan.placement, duplicate)
         if not by_stream:
@@ -371,11 +257,11 @@ class _Run:
         new = write_side.rows(after, org, catalog)
         for table, facts in (("booking_keys", self.facts.keys), ("booking_refs", self.facts.refs)):
             if old.get(table) is not None:
-                facts.pop(_fact_key(table, old[table]), None)
+                facts.pop(_factduplicate_key(table, old[table]), None)
             if new.get(table) is not None:
-                facts[_fact_key(table, new[table])] = after.appointment_id
+                facts[_factduplicate_key(table, new[table])] = after.appointment_id
         if new.get("booking_keys") is not None:
-            self.facts.asked.add(_fact_key("booking_keys", new["booking_keys"]))
+            self.facts.asked.add(_factduplicate_key("booking_keys", new["booking_keys"]))
 
     def _answer(self, command: Any, org: str, meta: Meta, outcome: Outcome, day: wd.WindowDay) -> Decided:
         result = pending(meta, outcome, day.version)
@@ -403,7 +289,7 @@ class _Run:
                 answer.outcome.position = answer.outcome.data["position"] = positions[answer.stream_version]
 
 
-def _fact_key(table: str, row: tuple) -> Any:
+def _factduplicate_key(table: str, row: tuple) -> Any:
     """booking_keys rows are (appointment, org, phone, service, date); booking_refs (appointment, org, ref)."""
     if table == "booking_keys":
         return (str(row[1]), row[2], row[3], row[4].isoformat())

@@ -5,6 +5,7 @@ supervisor, never a half-running service)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -31,6 +32,24 @@ def _workers(n: int, pg_url: str, schema: str, bootstrap: str, prefix: str, port
                              "gateway,ingestor"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
 
 
+@contextlib.asynccontextmanager
+async def _two_workers(http, pg_url: str, schema: str, bootstrap: str, prefix: str, log: Path):
+    """`serve --workers 2` started and both workers answering: (parent process, url, worker → pid)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    parent = _workers(2, pg_url, schema, bootstrap, prefix, port, log)
+    try:
+        await wait_healthy(http, url, parent)
+        yield parent, url, await _all_workers(url, 2)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
 async def _process_of_fresh_connection(url: str) -> dict:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         async with session.get(url + "/readyz") as resp:
@@ -55,12 +74,8 @@ async def _all_workers(url: str, want: int, deadline: float = 60) -> dict[int, i
 async def test_two_workers_share_the_port_the_group_and_every_write(runtime, http, pg_url, schema, kafka_bootstrap,
                                                                      topic_prefix, tmp_path):
     setup = await setup_clinic(await new_org(runtime, http), max_slots=CAPACITY)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    parent = _workers(2, pg_url, schema, kafka_bootstrap, topic_prefix, port, tmp_path / "workers.log")
-    try:
-        await wait_healthy(http, url, parent)
-        pids = await _all_workers(url, 2)
+    async with _two_workers(http, pg_url, schema, kafka_bootstrap, topic_prefix, tmp_path / "w.log") as (parent, url,
+                                                                                                       pids):
         assert sorted(pids) == [0, 1] and len(set(pids.values())) == 2
 
         # Each create on a fresh connection (either worker), then read back on other fresh connections.
@@ -97,25 +112,14 @@ async def test_two_workers_share_the_port_the_group_and_every_write(runtime, htt
 
         parent.send_signal(signal.SIGTERM)
         assert parent.wait(60) == 0
-        for pid in pids.values():
-            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
-    finally:
-        if parent.poll() is None:
-            parent.kill()
+        assert all(_gone(pid) for pid in pids.values())
 
 
 async def test_a_killed_worker_takes_its_sibling_down(runtime, http, pg_url, schema, kafka_bootstrap, topic_prefix,
                                                       tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    parent = _workers(2, pg_url, schema, kafka_bootstrap, topic_prefix, port, tmp_path / "workers.log")
-    try:
-        await wait_healthy(http, url, parent)
-        pids = await _all_workers(url, 2)
+    async with _two_workers(http, pg_url, schema, kafka_bootstrap, topic_prefix, tmp_path / "w.log") as (parent, _,
+                                                                                                       pids):
         os.kill(pids[1], signal.SIGKILL)
         assert parent.wait(60) != 0  # a supervisor sees the failure
         await asyncio.sleep(0.5)
-        assert not Path(f"/proc/{pids[0]}").exists() or "zombie" in Path(f"/proc/{pids[0]}/status").read_text()
-    finally:
-        if parent.poll() is None:
-            parent.kill()
+        assert _gone(pids[0])
