@@ -99,7 +99,6 @@ class Ingestor:
     settings: Settings
     pool: asyncpg.Pool
     handler: CommandHandler
-    max_batch: int = 2000
     _consumer: AIOKafkaConsumer | None = None
     _producer: AIOKafkaProducer | None = None
     _batch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -122,7 +121,7 @@ class Ingestor:
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=s.topic("ingestor"), enable_auto_commit=False,
-            auto_offset_reset="earliest", max_poll_records=self.max_batch, isolation_level="read_committed")
+            auto_offset_reset="earliest", max_poll_records=s.ingest_max_batch, isolation_level="read_committed")
         self._consumer.subscribe([self.topic], listener=_FinishBatchFirst(self))
         await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name="ingestor")
@@ -131,7 +130,7 @@ class Ingestor:
         loop = health("ingestor")
         while not self._stopping:
             try:
-                batches = await self._consumer.getmany(timeout_ms=200, max_records=self.max_batch)
+                batches = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.ingest_max_batch)
             except Exception as exc:  # the client reconnects by itself; keep asking
                 await loop.failed(exc)
                 continue

@@ -124,7 +124,7 @@ class Runtime:
             self.relay = Relay(s, self.pool, self.store, self.waker)
             await self.relay.start()
         if "ingestor" in self.components:
-            self.ingestor = Ingestor(s, self.pool, self.handler, max_batch=s.ingest_max_batch)
+            self.ingestor = Ingestor(s, self.pool, self.handler)
             await self.ingestor.start()
         if "gateway" in self.components:
             self._runner = protocol.runner(build_app(self), s.head_timeout_seconds, s.max_connections)
