@@ -1,18 +1,22 @@
-"""Creates for one window-day decided and committed together.
+"""Creates committed together (group commit): the fast path of POST /v1/appointments.
 
-When creates for the same window-day arrive while one is being written, they queue; the first in the queue
-leads: under the stream's lock it decides every queued create in arrival order against the window-day (each
-sees the ones before it), commits all the bookings in one statement (with their write-side rows, read-model
-rows and Kafka results), then answers everyone. A hot window-day then costs one round trip per batch instead
-of one per create. Nothing about the decisions changes: the same domain function decides each create in the
-same order.
+Creates for one org that arrive while its commits are in flight queue; when one finishes, the first create
+in the queue leads the whole queue: under the locks of every window-day it touches, it decides each create
+in arrival order against its window-day (each sees the ones before it, on its day and, for the duplicate
+rule, on the others), commits all the bookings in one statement (with their write-side rows, read-model
+rows and Kafka results), then answers everyone. When many creates wait at once, a durable commit and a
+round trip are paid per group rather than per create; a lone create goes at once. Nothing about the
+decisions changes: the same domain function decides each create in the same order.
 
-A create that the batch cannot settle (its statement failed, or the config moved) is answered None, and the
-handler takes the careful path for it.
+The window-days are the cached ones (the append's expected versions check them); a lost race evicts them
+and the group is decided once more from the log, its duplicate keys read first. A create the group cannot
+settle (it lost twice, or its configuration moved) is answered None, and the handler takes the careful path
+for it.
 """
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,26 +28,36 @@ from prometheus_client import Histogram
 from domain import catalog as cat
 from domain import decisions
 from domain import windowday as wd
-from domain.patients import phone_key
 from domain.errors import DomainError
+from domain.patients import phone_key
 from services.command_results import CommandAlreadyApplied, pending
+from services.logs import log
 from services.outcome import Meta, Outcome, written
+from services.store.pool import DATABASE_UNAVAILABLE
 from services.unit_of_work import Change, Conflict, UnitOfWork, Work
 
 MAX_BATCH = 200
-BATCH_SIZE = Histogram("slotledger_window_day_batch_size", "Creates decided together for one window-day",
+GROUPS_IN_FLIGHT = 2  # per org and process: one commits while the next is decided
+BATCH_SIZE = Histogram("slotledger_booking_group_size", "Creates decided and committed together",
                        buckets=(1, 2, 5, 10, 20, 50, 100, 200))
+
+Key = tuple[str, str, str]  # phone (as compared), service, local date: the duplicate rule within one org
 
 
 @dataclass
 class _Create:
     request: dict[str, Any]
-    placement: wd.Placement  # its own: the same window-day as the others, but its own time and service
+    catalog: cat.Catalog
+    version: int  # the configuration version it was planned on
+    placement: wd.Placement
     meta: Meta
     answer: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
-
-_LEAD = object()  # the answer that hands the lead to a waiting create
+    def key(self) -> Key | None:
+        if not self.catalog.settings.prevent_duplicate_bookings:
+            return None
+        return (phone_key(self.request["parent_phone"], self.catalog.settings.phone_region),
+                self.placement.service.service_id, self.placement.local_date.isoformat())
 
 
 @dataclass
@@ -51,110 +65,165 @@ class BookingBatcher:
     uow: UnitOfWork
     clock: Callable[[], datetime]
     new_id: Callable[[], str]
-    queues: dict[str, list[_Create]] = field(default_factory=dict)  # creates waiting, per window-day
+    queues: dict[str, list[_Create]] = field(default_factory=dict)  # creates waiting, per org
+    leading: dict[str, int] = field(default_factory=dict)  # groups in flight, per org
+    _groups: set[asyncio.Task] = field(default_factory=set)
 
-    async def submit(self, conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, version: int,
-                     placement: wd.Placement, request: dict[str, Any], meta: Meta) -> Outcome | None:
-        stream = placement.stream_id
-        me = _Create(request, placement, meta)
-        queue = self.queues.setdefault(stream, [])
-        queue.append(me)
-        if len(queue) > 1:  # the first in the queue leads; wait for its answer, or for the lead
-            answer = await me.answer
-            if answer is not _LEAD:
-                return _unwrap(answer)
-        batch: list[_Create] = []
+    async def submit(self, org_id: str, catalog: cat.Catalog, version: int, placement: wd.Placement,
+                     request: dict[str, Any], meta: Meta) -> Outcome | None:
+        me = _Create(request, catalog, version, placement, meta)
+        self.queues.setdefault(org_id, []).append(me)
+        if self.leading.get(org_id, 0) < GROUPS_IN_FLIGHT:
+            self.leading[org_id] = self.leading.get(org_id, 0) + 1
+            self._start(org_id)
+        answer = await me.answer
+        if isinstance(answer, Exception):  # a refusal, or the database is not there
+            raise answer
+        return answer
+
+    def _start(self, org_id: str) -> None:
+        """The next group, in its own task: a caller that leaves does not take its group's commit with it."""
+        queue = self.queues.pop(org_id, [])
+        group = [c for c in queue[:MAX_BATCH] if not c.answer.done()]  # a caller gone is not decided
+        if queue[MAX_BATCH:]:
+            self.queues[org_id] = queue[MAX_BATCH:]
+        task = asyncio.create_task(self._lead(org_id, group))
+        self._groups.add(task)
+        task.add_done_callback(self._groups.discard)
+
+    async def _lead(self, org_id: str, group: list[_Create]) -> None:
+        answers: list[Any] = [None] * len(group)
         try:
-            async with self.uow.lock(stream):
-                # A create whose caller has gone (its task was cancelled, and with it the future) is not decided.
-                queued = [c for c in self.queues.pop(stream) if c is me or not c.answer.done()]
-                batch, rest = queued[:MAX_BATCH], queued[MAX_BATCH:]
-                if rest:  # too many for one statement: the next in line leads the rest
-                    self.queues[stream] = rest
-                    rest[0].answer.set_result(_LEAD)
-                BATCH_SIZE.observe(len(batch))
-                answers = await self._decide_and_commit(conn, org_id, catalog, version, placement, batch)
-        except BaseException:
-            for create in batch or self.queues.pop(stream, []):
-                if create is not me and not create.answer.done():
-                    create.answer.set_result(None)  # the careful path answers them
-            raise
-        for create, answer in zip(batch, answers):
-            if create is not me and not create.answer.done():
-                create.answer.set_result(answer)
-        return _unwrap(answers[0])
+            if group:
+                BATCH_SIZE.observe(len(group))
+                answers = await self._decide_and_commit(org_id, group)
+        except DATABASE_UNAVAILABLE as exc:  # everyone is told at once (503), not after a careful try each
+            answers = [exc] * len(group)
+        except Exception:  # a bug: each takes the careful path, which sets the culprit apart
+            log.exception("a group of creates failed; each is decided alone")
+        finally:
+            for create, answer in zip(group, answers):
+                if not create.answer.done():
+                    create.answer.set_result(answer)  # None: the careful path answers it
+            if self.queues.get(org_id):
+                self._start(org_id)
+            else:
+                self.leading[org_id] -= 1
+                if not self.leading[org_id]:
+                    del self.leading[org_id]
 
-    async def _decide_and_commit(self, conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, version: int,
-                                 placement: wd.Placement, batch: list[_Create]) -> list[Any]:
-        day = await self.uow.day(placement.stream_id, conn, catalog)
-        expected = day.version
+    async def _decide_and_commit(self, org_id: str, group: list[_Create]) -> list[Any]:
+        leader = group[0]
+        answers: list[Any] = [None] * len(group)
+        # A create planned on another configuration version than the leader's takes the careful path.
+        mine = [i for i, c in enumerate(group) if c.version == leader.version]
+        streams = sorted({group[i].placement.stream_id for i in mine})
+        async with self.uow.pool.acquire() as conn, self.uow.locks(streams):
+            for verify in (False, True):
+                try:
+                    decided = await self._attempt(conn, org_id, leader.catalog, leader.version,
+                                                  [group[i] for i in mine], streams, verify)
+                except (Conflict, CommandAlreadyApplied):
+                    continue  # evicted: decided once more from the log; then each alone, carefully
+                for i, answer in zip(mine, decided):
+                    answers[i] = answer
+                break
+        return answers
+
+    async def _attempt(self, conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, version: int,
+                       group: list[_Create], streams: list[str], verify: bool) -> list[Any]:
+        days = await self.uow.days(conn, {s: catalog for s in streams}, verify)
+        taken: dict[Key, str] = await _booked(conn, org_id, group) if verify else {}
         now = self.clock()
-        answers: list[Any] = [None] * len(batch)
-        refused: list[tuple[int, DomainError]] = []
-        change = Change(day.stream_id, expected, [], [])
-        touched, results = [], []
-        for i, create in enumerate(batch):
-            appointment_id = self.new_id()
-            try:
-                events = decisions.decide_create(catalog, day, create.placement, create.request, appointment_id, now)
-            except DomainError as exc:
-                refused.append((i, exc))
-                continue
-            for event in events:  # folded at once: the next create is decided against it
-                day.apply(event)
-            change.events += events
-            change.metas += [create.meta] * len(events)
-            record = day.appointments[appointment_id]
-            touched.append((None, record))
-            answers[i] = written(201, record.as_dict(), None)
-            result = pending(create.meta, answers[i], day.version)
-            if result is not None:
-                results.append((day.stream_id, result))
+        answers: list[Any] = [None] * len(group)
+        refused: list[int] = []
+        changes: dict[str, Change] = {}
+        touched, results, booked = [], [], []
         try:
-            if change.events:
-                stored = await self.uow.commit(conn, Work(org_id, catalog, version, [change], touched, results))
-                for answer, event in zip((a for a in answers if a is not None), stored):
-                    answer.position = answer.data["position"] = event.position
-            await _settle_refusals(conn, org_id, catalog, version, placement, day, batch, refused, answers, now)
-        except (Conflict, CommandAlreadyApplied):
-            return [None] * len(batch)  # each takes the careful path, which tells them apart
+            for i, create in enumerate(group):
+                day, key = days[create.placement.stream_id], create.key()
+                appointment_id = self.new_id()
+                try:
+                    events = decisions.decide_create(catalog, day, create.placement, create.request, appointment_id,
+                                                     now, taken.get(key) if key else None)
+                except DomainError as exc:
+                    answers[i] = exc
+                    refused.append(i)
+                    continue
+                for event in events:  # folded at once: the next create is decided against it
+                    day.apply(event)
+                change = changes.setdefault(day.stream_id, Change(day.stream_id, day.version - len(events), [], []))
+                change.events += events
+                change.metas += [create.meta] * len(events)
+                if key:
+                    taken[key] = appointment_id
+                record = day.appointments[appointment_id]
+                touched.append((None, record))
+                answers[i] = written(201, record.as_dict(), None)
+                booked.append((i, day.stream_id, day.version))
+                result = pending(create.meta, answers[i], day.version)
+                if result is not None:
+                    results.append((day.stream_id, result))
+            if changes:
+                stored = await self.uow.commit(conn, Work(org_id, catalog, version, list(changes.values()), touched,
+                                                          results))
+                positions = {(e.stream_id, e.stream_version): e.position for e in stored}
+                for i, stream, stream_version in booked:
+                    answers[i].position = answers[i].data["position"] = positions[(stream, stream_version)]
         except BaseException:
-            self.uow.evict(day.stream_id)
+            self.uow.evict(*changes)
             raise
+        if refused:  # what was booked is answered as booked, whatever happens to the refusals' confirmation
+            try:
+                await _confirm_refusals(conn, org_id, catalog, version, days, group, refused, answers, now)
+            except DATABASE_UNAVAILABLE:
+                for i in refused:
+                    answers[i] = None
         return answers
 
 
-def _unwrap(answer: Any) -> Outcome | None:
-    if isinstance(answer, DomainError):
-        raise answer
-    return answer
+async def _booked(conn: asyncpg.Connection, org_id: str, group: list[_Create]) -> dict[Key, str]:
+    """The group's duplicate keys already booked, by appointment."""
+    keys = [k for k in {c.key() for c in group} if k is not None]
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        "SELECT b.phone, b.service_id, b.local_date::text AS day, b.appointment_id FROM booking_keys b"
+        " JOIN unnest($2::text[], $3::text[], $4::date[]) AS k(phone, service_id, local_date)"
+        " USING (phone, service_id, local_date) WHERE b.org_id = $1",
+        uuid.UUID(org_id), [k[0] for k in keys], [k[1] for k in keys], [dt.date.fromisoformat(k[2]) for k in keys])
+    return {(r["phone"], r["service_id"], r["day"]): r["appointment_id"] for r in rows}
 
 
-async def _settle_refusals(conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, version: int,
-                           placement: wd.Placement, day: wd.WindowDay, batch: list[_Create],
-                           refused: list[tuple[int, DomainError]], answers: list[Any], now: datetime) -> None:
-    """A refusal stands once the configuration it was decided on is confirmed current, and once rule 9 has
-    had its say: a create refused SLOT_FULL whose phone already has a booking that date elsewhere is a
-    DUPLICATE_BOOKING (rule 9 comes before rule 10). One query for the whole batch."""
-    if not refused:
-        return
-    keys = [(phone_key(batch[i].request["parent_phone"], catalog.settings.phone_region),
-             batch[i].placement.service.service_id)
-            for i, _ in refused]
+async def _confirm_refusals(conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, version: int,
+                            days: dict[str, wd.WindowDay], group: list[_Create], refused: list[int],
+                            answers: list[Any], now: datetime) -> None:
+    """A refusal stands once the configuration and the window-day it was decided on are confirmed current,
+    and once rule 9 has had its say: a create refused SLOT_FULL whose phone already has a booking that date
+    elsewhere is a DUPLICATE_BOOKING (rule 9 comes before rule 10). One query for the whole group; a refusal
+    that cannot be confirmed is left None, and the careful path answers it."""
+    keys = [group[i].key() for i in refused]
+    asked = [k for k in keys if k is not None]
+    stale_days = sorted({group[i].placement.stream_id for i in refused})
     row = await conn.fetchrow(
         "SELECT (SELECT config_version FROM orgs WHERE org_id = $1) AS version, array(SELECT array[b.phone,"
-        " b.service_id, b.appointment_id] FROM booking_keys b JOIN unnest($3::text[], $4::text[]) AS k(phone,"
-        " service_id) USING (phone, service_id) WHERE b.org_id = $1 AND b.local_date = $2) AS taken,"
-        " (SELECT s.version FROM streams s WHERE s.stream_id = $5) AS day_version",
-        uuid.UUID(org_id), placement.local_date, [p for p, _ in keys], [s for _, s in keys], day.stream_id)
-    if row["version"] != version or (row["day_version"] or 0) != day.version:
-        return  # decided on stale configuration or a stale day: left None, the careful path answers them
-    taken = {(phone, service): appointment_id for phone, service, appointment_id in row["taken"]}
-    for (i, exc), key in zip(refused, keys):
-        if exc.code == "SLOT_FULL" and catalog.settings.prevent_duplicate_bookings and key in taken:
+        " b.service_id, b.local_date::text, b.appointment_id] FROM booking_keys b JOIN unnest($2::text[],"
+        " $3::text[], $4::date[]) AS k(phone, service_id, local_date) USING (phone, service_id, local_date)"
+        " WHERE b.org_id = $1) AS taken, array(SELECT array[s.stream_id, s.version::text] FROM streams s"
+        " WHERE s.stream_id = ANY($5::text[])) AS versions",
+        uuid.UUID(org_id), [k[0] for k in asked], [k[1] for k in asked], [dt.date.fromisoformat(k[2]) for k in asked],
+        stale_days)
+    current = {stream: int(v) for stream, v in row["versions"]}
+    taken = {(phone, service, day): appointment_id for phone, service, day, appointment_id in row["taken"]}
+    for i, key in zip(refused, keys):
+        exc, create = answers[i], group[i]
+        day = days[create.placement.stream_id]
+        if row["version"] != version or current.get(day.stream_id, 0) != day.version:
+            answers[i] = None  # decided on stale configuration or a stale day
+            continue
+        if exc.code == "SLOT_FULL" and key is not None and key in taken:
             try:
-                decisions.decide_create(catalog, day, batch[i].placement, batch[i].request, "appt_unused0", now,
+                decisions.decide_create(catalog, day, create.placement, create.request, "appt_unused0", now,
                                         taken[key])
             except DomainError as decided:
-                exc = decided
-        answers[i] = exc
+                answers[i] = decided

@@ -103,20 +103,19 @@ class CommandHandler(Holding):
         ref = request.get("external_reference_id")
 
         async def attempt() -> Outcome:
+            cached = self.uow.cached_catalog(org_id)
+            if ref is None and cached is not None and not request.get("assigned_doctor"):
+                # The common create: decided on the cached configuration, committed with the creates queued
+                # meanwhile (services/booking_batch.py); the append holds only if that configuration is current.
+                try:
+                    placement = decisions.plan_create(cached[1], request, self.clock())
+                except DomainError:
+                    placement = None  # refusals of rules 3–7 are given from a verified configuration
+                if placement is not None:
+                    outcome = await self.batcher.submit(org_id, cached[1], cached[0], placement, request, meta)
+                    if outcome is not None:
+                        return outcome
             async with self.pool.acquire() as conn:
-                cached = self.uow.cached_catalog(org_id)
-                if ref is None and cached is not None and not request.get("assigned_doctor"):
-                    # The common create: decided on the cached configuration, with others queued for the same
-                    # window-day; the append holds only if that configuration is still current.
-                    try:
-                        placement = decisions.plan_create(cached[1], request, self.clock())
-                    except DomainError:
-                        placement = None  # refusals of rules 3–7 are given from a verified configuration
-                    if placement is not None:
-                        outcome = await self.batcher.submit(conn, org_id, cached[1], cached[0], placement, request,
-                                                            meta)
-                        if outcome is not None:
-                            return outcome
                 row = await conn.fetchrow(
                     "SELECT o.config_version, (SELECT r.appointment_id FROM booking_refs r"
                     " WHERE r.org_id = o.org_id AND r.external_reference_id = $2) AS by_ref"

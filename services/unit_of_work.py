@@ -173,21 +173,32 @@ class UnitOfWork:
             day.apply(ev.from_stored(stored.type, stored.data))
         return self._remember(day)
 
-    async def days(self, conn: asyncpg.Connection, wanted: dict[str, cat.Catalog]) -> dict[str, wd.WindowDay]:
+    async def days(self, conn: asyncpg.Connection, wanted: dict[str, cat.Catalog],
+                   verify: bool = True) -> dict[str, wd.WindowDay]:
         """Many window-days (stream id → its org's catalog) as the log has them: one query for their versions,
-        one for the events of those not cached at that version."""
-        versions = dict(await conn.fetch("SELECT stream_id, version FROM streams WHERE stream_id = ANY($1::text[])",
-                                         list(wanted)))
+        one for the events the cache has not seen (a cached day behind the log takes only the events after its
+        version). `verify=False`: cached days are taken as they are (an append's expected version checks them
+        anyway), and only days not cached are read."""
+        versions: dict[str, int] | None = None
+        if verify:
+            versions = dict(await conn.fetch(
+                "SELECT stream_id, version FROM streams WHERE stream_id = ANY($1::text[])", list(wanted)))
         out: dict[str, wd.WindowDay] = {}
+        behind: dict[str, int] = {}  # stream → the version its events are wanted after
         for stream, catalog in wanted.items():
-            day = self._cached(stream, catalog, versions.get(stream, 0))
-            if day is None:
+            day = self._days.get(stream)
+            if day is None or day.phone_region != catalog.settings.phone_region:
                 day = wd.WindowDay(*wd.split_stream_id(stream), phone_region=catalog.settings.phone_region)
+                if versions is None or versions.get(stream, 0) > 0:
+                    behind[stream] = 0
+            elif versions is not None and day.version < versions.get(stream, 0):
+                behind[stream] = day.version
             out[stream] = day
-        stale = [s for s, day in out.items() if day.version < versions.get(s, 0)]
-        if stale:
-            for row in await conn.fetch("SELECT stream_id, event_type, data FROM events"
-                                        " WHERE stream_id = ANY($1::text[]) ORDER BY stream_id, stream_version", stale):
+        if behind:
+            for row in await conn.fetch(
+                    "SELECT e.stream_id, e.event_type, e.data FROM events e JOIN unnest($1::text[], $2::int[])"
+                    " AS k(stream_id, after) ON e.stream_id = k.stream_id AND e.stream_version > k.after"
+                    " ORDER BY e.stream_id, e.stream_version", list(behind), list(behind.values())):
                 out[row["stream_id"]].apply(ev.from_stored(row["event_type"], row["data"]))
         for day in out.values():
             self._remember(day)
@@ -203,6 +214,7 @@ class UnitOfWork:
 
     def _remember(self, day: wd.WindowDay) -> wd.WindowDay:
         self._days[day.stream_id] = day
+        self._days.move_to_end(day.stream_id)
         if len(self._days) > self.cache_size:
             self._days.popitem(last=False)
         return day

@@ -87,7 +87,8 @@ _COLUMNS = ("global_position, transaction_id::text::bigint AS transaction_id, ev
 # existing streams, an insert for new ones), and the events only if every stream was claimed. $1: the streams
 # as JSON rows [stream_id, expected, new version, org_id]; $2: the events as JSON rows [event_id, stream_id,
 # stream_version, type, schema_version, data, metadata, org_id]; $3: how many streams. A statement that claimed
-# some streams but not all inserts nothing; its caller rolls back (see EventStore.append). The streams are found
+# some streams but not all inserts nothing, and either fails (outside a transaction: what it claimed is undone
+# with it) or leaves its caller to roll back (see EventStore.append). The streams are found
 # through their key (`= ANY(ARRAY(…))`): the plan is cached and generic, and joined to a JSON set estimated at
 # 100 rows it would scan the whole table, every patient's stream included, on every append.
 _APPEND = """
@@ -102,7 +103,7 @@ created AS (INSERT INTO streams (stream_id, version, org_id) SELECT stream_id, v
 ins AS (INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata, org_id)
         SELECT (e->>0)::uuid, e->>1, (e->>2)::int, e->>3, (e->>4)::smallint, e->5, e->6, (e->>7)::uuid
         FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS t(e, ord)
-        WHERE (SELECT count(*) FROM claimed) + (SELECT count(*) FROM created) = $3::int
+        WHERE {all_claimed}
         ORDER BY ord
         RETURNING global_position, transaction_id::text::bigint AS transaction_id, stream_id, stream_version,
                   recorded_at)
@@ -120,16 +121,23 @@ def _params(sql: str) -> int:
     return max((int(n) for n in _PARAM.findall(sql)), default=0)
 
 
+_COUNTED = "(SELECT count(*) FROM claimed) + (SELECT count(*) FROM created)"
+_ALL_CLAIMED = {False: f"{_COUNTED} = $3::int",
+                True: f"(SELECT slotledger_all_claimed({_COUNTED}, $3::int))"}  # fails the statement otherwise
+_NOT_ALL_CLAIMED = "slotledger: a stream was not at its expected version"
+
+
 @functools.lru_cache(maxsize=256)
-def _append_sql(condition: str | None, side_writes: tuple[str, ...]) -> str:
+def _append_sql(condition: str | None, side_writes: tuple[str, ...], fail: bool = False) -> str:
     """The append statement for this shape, built once: the compare-and-sets (with the extra `condition`),
-    the insert, and each side write as a CTE after them, their parameters numbered after the append's."""
+    the insert, and each side write as a CTE after them, their parameters numbered after the append's.
+    `fail`: the statement fails unless it claimed every stream (see slotledger_all_claimed)."""
     offset = _FIXED_PARAMS
     extra = ""
     if condition is not None:
         extra = f" AND ({_renumbered(condition, offset)})"
         offset += _params(condition)
-    ctes = [_APPEND.strip().replace("{condition}", extra)]
+    ctes = [_APPEND.strip().replace("{condition}", extra).replace("{all_claimed}", _ALL_CLAIMED[fail])]
     for n, write in enumerate(side_writes):
         ctes.append(f"s{n} AS ({_renumbered(write, offset)})")
         offset += _params(write)
@@ -182,13 +190,9 @@ class EventStore:
             return []
         if conn is None:
             async with self.pool.acquire() as own:
-                async with own.transaction():
-                    stored = await self._append(own, appends, side_writes, condition)
+                stored = await self._append(own, appends, side_writes, condition)
             self.announce()
             return stored
-        if len(appends) > 1 and not conn.is_in_transaction():
-            async with conn.transaction():  # a statement that claimed only some streams is undone
-                return await self._append(conn, appends, side_writes, condition)
         return await self._append(conn, appends, side_writes, condition)
 
     async def _append(self, conn: asyncpg.Connection, appends: list[Append], side_writes: Sequence[SideWrite],
@@ -201,8 +205,16 @@ class EventStore:
             args += condition.args
         for write in side_writes:
             args += write.args
-        sql = _append_sql(condition.sql if condition else None, tuple(w.sql for w in side_writes))
-        rows = await conn.fetch(sql, *args)
+        # Alone, a statement that claimed only some streams must fail, so that what it claimed is undone; in
+        # the caller's transaction it inserts nothing, and the caller rolls back (the checks below still run).
+        fail = len(appends) > 1 and not conn.is_in_transaction()
+        sql = _append_sql(condition.sql if condition else None, tuple(w.sql for w in side_writes), fail)
+        try:
+            rows = await conn.fetch(sql, *args)
+        except asyncpg.SerializationError as exc:
+            if _NOT_ALL_CLAIMED not in str(exc):
+                raise
+            rows = []
         if not rows:
             replayed = await self._already_appended(conn, appends)
             if replayed is None:
@@ -217,11 +229,12 @@ class EventStore:
 
     @staticmethod
     async def _unclaimed(conn: asyncpg.Connection, streams: list[tuple]) -> list[str]:
-        """The streams a failed append could not claim (those it claimed show its new version until rolled back;
-        if `condition` failed, every stream is named)."""
+        """The streams a failed append could not claim: not at the version it expected (in the caller's
+        transaction, those it claimed show its new version until rolled back); if `condition` failed, every
+        stream is named."""
         now = dict(await conn.fetch("SELECT stream_id, version FROM streams WHERE stream_id = ANY($1::text[])",
                                     [s[0] for s in streams]))
-        moved = [stream for stream, _, version, _ in streams if now.get(stream, 0) != version]
+        moved = [stream for stream, expected, version, _ in streams if now.get(stream, 0) not in (expected, version)]
         return moved or [s[0] for s in streams]
 
     async def _already_appended(self, conn, appends: list[Append]) -> list[StoredEvent] | None:

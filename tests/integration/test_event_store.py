@@ -68,6 +68,29 @@ async def test_a_wrong_expected_version_on_the_second_stream_appends_nothing_any
     assert len(await store.read_log(START)) == 2
 
 
+@pytest.mark.parametrize("how", ["own connection", "caller's transaction"])
+async def test_a_stale_stream_undoes_the_claims_of_a_multi_stream_append_on_a_callers_connection(store, pool, how):
+    """Outside a transaction the statement itself fails (what it claimed is undone with it); inside the caller's
+    transaction it inserts nothing and the caller rolls back. Either way: a ConcurrencyError naming the stale
+    stream, nothing appended, and the connection still usable; the very same events again are a no-op."""
+    await store.append([Append("p", 0, [ev(1)]), Append("q", 0, [ev(1)])])
+    async with pool.acquire() as conn:
+        with pytest.raises(ConcurrencyError) as raised:
+            if how == "own connection":
+                await store.append([Append("p", 1, [ev(2)]), Append("q", 4, [ev(2)])], conn)
+            else:
+                async with conn.transaction():
+                    await store.append([Append("p", 1, [ev(2)]), Append("q", 4, [ev(2)])], conn)
+        assert raised.value.stream_ids == ["q"]
+        assert await conn.fetchval("SELECT 1") == 1
+        assert await store.stream_version("p") == await store.stream_version("q") == 1
+        events = [ev(2), ev(3)]
+        stored = await store.append([Append("p", 1, events[:1]), Append("q", 1, events[1:])], conn)
+        again = await store.append([Append("p", 1, events[:1]), Append("q", 1, events[1:])], conn)
+    assert [e.position for e in again] == [e.position for e in stored]
+    assert len(await store.read_log(START)) == 4
+
+
 async def test_an_expected_version_ahead_of_the_stream_is_a_conflict_not_a_gap(store):
     await store.append([Append("g", 0, [ev(1)])])
     with pytest.raises(ConcurrencyError):

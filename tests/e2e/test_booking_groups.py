@@ -1,5 +1,6 @@
-"""Creates queued on one window-day are decided together and appended in one statement: each still gets its own
-time, type and token, the rule order holds, and nothing about the answers changes."""
+"""Creates that queue while others commit are decided together and appended in one statement (group commit),
+on one window-day or many: each still gets its own time, type and token, the rule order holds (the duplicate
+rule across the group's window-days too), and nothing about the answers changes."""
 from __future__ import annotations
 
 import asyncio
@@ -7,13 +8,13 @@ import uuid
 
 from services.booking_batch import BATCH_SIZE
 from tests.builders import create_body
-from tests.e2e.conftest import local_at, new_org, setup_clinic
+from tests.e2e.conftest import local_at, local_date, new_org, setup_clinic
 
 
 def batches() -> tuple[float, float]:
-    """(batches, creates) decided so far in this process."""
+    """(groups, creates) decided so far in this process."""
     samples = {s.name: s.value for s in BATCH_SIZE.collect()[0].samples}
-    return samples["slotledger_window_day_batch_size_count"], samples["slotledger_window_day_batch_size_sum"]
+    return samples["slotledger_booking_group_size_count"], samples["slotledger_booking_group_size_sum"]
 
 
 async def _warm(api) -> None:
@@ -41,7 +42,7 @@ async def test_simultaneous_creates_keep_their_own_time_type_and_token(runtime, 
         status, read = await api.get(f"/v1/appointments/{record['appointment_id']}?min_position={record['position']}")
         assert read["data"]["appointment_date"] == record["appointment_date"]
     after = batches()
-    assert after[1] - before[1] == 60 and after[0] - before[0] < 60  # they were decided in batches
+    assert after[1] - before[1] == 60 and after[0] - before[0] < 60  # they were decided in groups
     tokens = sorted(b["data"]["token"] for _, b in results)
     assert tokens == list(range(1, 61))  # one window-day: tokens 1..60 once each (the warm-up is on another day)
 
@@ -91,3 +92,49 @@ async def test_queued_kafka_style_results_are_recorded_once(runtime, http):
         assert result["position"] == outcome.position == result["data"]["position"]
         assert result["data"]["appointment_id"] == outcome.data["appointment_id"]
     assert len({o.position for o in outcomes}) == 30
+
+
+async def test_simultaneous_creates_over_many_window_days_commit_in_groups(runtime, http):
+    api = await setup_clinic(await new_org(runtime, http), max_slots=5, windows=(
+        ("Morning", "09:00", "12:00", "MA"), ("Afternoon", "13:00", "16:00", "AA"), ("Evening", "17:00", "20:00", "EA")))
+    await _warm(api)
+    before = batches()
+    # Ten dates × three windows, three creates each: 90 creates over 30 window-days, none full.
+    wanted = [(local_at(api, 7 + i % 10, ("09:00", "14:00", "18:00")[i // 10 % 3]), f"+1555{i:04d}")
+              for i in range(90)]
+    results = await asyncio.gather(*(api.post("/v1/appointments", create_body(when, phone, api.ids["checkup"], "G"))
+                                     for when, phone in wanted))
+    assert [s for s, _ in results] == [201] * 90, [b for s, b in results if s != 201][:3]
+    after = batches()
+    assert after[1] - before[1] == 90 and after[0] - before[0] < 90  # several window-days per statement
+    for (when, phone), (_, body) in zip(wanted, results):
+        record = body["data"]
+        assert record["parent_phone"] == phone
+        assert record["appointment_date"].replace(".000Z", "Z") == when.replace("+00:00", "Z")
+        status, read = await api.get(f"/v1/appointments/{record['appointment_id']}")
+        assert status == 200 and read["data"]["appointment_date"] == record["appointment_date"]
+    positions = [b["data"]["position"] for _, b in results]
+    assert len(set(positions)) == 90 and all(isinstance(p, int) for p in positions)
+    status, body = await api.get(f"/v1/appointment-slots/availability?date={local_date(api, 7)}")
+    assert status == 200
+    assert sorted(row["booked"] for row in body["data"]) == [3, 3, 3]
+
+
+async def test_one_phone_in_two_window_days_of_a_group_is_booked_once(runtime, http):
+    """The duplicate rule holds across the window-days of one group: one phone, one type, one date, two windows
+    at once; exactly one is booked and the other names it."""
+    api = await setup_clinic(await new_org(runtime, http), max_slots=10)
+    await _warm(api)
+    for round_ in range(5):
+        phone = f"+1444{round_:04d}"
+        bodies = [create_body(local_at(api, 12 + round_, t), phone, api.ids["checkup"], "Twice")
+                  for t in ("09:00", "18:00")]
+        fillers = [create_body(local_at(api, 12 + round_, "10:00"), f"+1333{round_}{i:03d}", api.ids["checkup"], "F")
+                   for i in range(6)]
+        results = await asyncio.gather(*(api.post("/v1/appointments", b) for b in [*fillers, *bodies]))
+        assert [s for s, _ in results[:6]] == [201] * 6
+        pair = results[6:]
+        assert sorted(s for s, _ in pair) == [201, 409], pair
+        (_, booked), (_, refused) = sorted(pair, key=lambda r: r[0])
+        assert refused["error"]["code"] == "DUPLICATE_BOOKING"
+        assert refused["existing_appointment_id"] == booked["data"]["appointment_id"]
