@@ -1,5 +1,5 @@
-"""The load generator: its own process (so the service's event loop never measures itself), an asyncio HTTP
-client. Prints one JSON object with the figures.
+"""The load generator: its own process (so the service's event loop never measures itself), a lean asyncio
+HTTP/1.1 client (bench/http_client.py) on keep-alive connections. Prints one JSON object with the figures.
 
   python -m bench.loadgen spread --url U --key K --clients 64 --seconds 10 --days 200 [--lag-every 20]
   python -m bench.loadgen hot --url U --key K --requests 1000 --when ISO
@@ -15,7 +15,7 @@ import time
 import uuid
 from datetime import date, datetime, timedelta, timezone
 
-import aiohttp
+from bench.http_client import HttpClient
 
 try:
     import uvloop
@@ -46,62 +46,59 @@ def _spread_body(days: int, n: str) -> dict:
 
 
 async def spread(url: str, key: str, clients: int, seconds: float, days: int, lag_every: int) -> dict:
-    headers = {"Authorization": f"Bearer {key}"}
     latencies: list[float] = []
     lags: list[float] = []
     errors: dict[str, int] = {}
     lag_tasks: set[asyncio.Task] = set()
     run = uuid.uuid4().hex[:6]
-    connector = aiohttp.TCPConnector(limit=clients + 32)
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+    http = HttpClient(url, key)
+    await http.connect(clients)
 
-        async def visible_after(appointment_id: str, committed: float) -> None:
-            # Read-after-write: a GET sent as soon as the create's response arrived. Anything but 200 is a miss
-            # (DESIGN §2: there must be none); the time is from the response to the GET's answer.
-            first = True
-            while True:
-                async with session.get(f"{url}/v1/appointments/{appointment_id}") as resp:
-                    await resp.read()
-                    if resp.status == 200:
-                        lags.append(time.perf_counter() - committed)
-                        return
-                if first:
-                    errors["read_after_write_miss"] = errors.get("read_after_write_miss", 0) + 1
-                    first = False
-                if time.perf_counter() - committed > 10:
-                    errors["lag_timeout"] = errors.get("lag_timeout", 0) + 1
-                    return
-                await asyncio.sleep(0.005)
+    async def visible_after(appointment_id: str, committed: float) -> None:
+        # Read-after-write: a GET sent as soon as the create's response arrived. Anything but 200 is a miss
+        # (DESIGN §2: there must be none); the time is from the response to the GET's answer.
+        first = True
+        while True:
+            status, _ = await http.request("GET", f"/v1/appointments/{appointment_id}")
+            if status == 200:
+                lags.append(time.perf_counter() - committed)
+                return
+            if first:
+                errors["read_after_write_miss"] = errors.get("read_after_write_miss", 0) + 1
+                first = False
+            if time.perf_counter() - committed > 10:
+                errors["lag_timeout"] = errors.get("lag_timeout", 0) + 1
+                return
+            await asyncio.sleep(0.005)
 
-        async def client(c: int, deadline: float) -> None:
-            i = 0
-            while time.perf_counter() < deadline:
-                i += 1
-                body = _spread_body(days, f"{run}{c:03d}{i:07d}")
-                started = time.perf_counter()
-                try:
-                    async with session.post(f"{url}/v1/appointments", json=body) as resp:
-                        payload = await resp.json(content_type=None)
-                        status = resp.status
-                except aiohttp.ClientError as exc:
-                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                    continue
-                done = time.perf_counter()
-                if status == 201:
-                    latencies.append(done - started)
-                    if lag_every and len(latencies) % lag_every == 0:  # every n-th create of all clients
-                        task = asyncio.create_task(visible_after(payload["appointment_id"], done))
-                        lag_tasks.add(task)
-                        task.add_done_callback(lag_tasks.discard)
-                else:
-                    code = (payload.get("error") or {}).get("code", str(status))
-                    errors[code] = errors.get(code, 0) + 1
+    async def client(c: int, deadline: float) -> None:
+        i = 0
+        while time.perf_counter() < deadline:
+            i += 1
+            body = _spread_body(days, f"{run}{c:03d}{i:07d}")
+            started = time.perf_counter()
+            try:
+                status, payload = await http.request("POST", "/v1/appointments", body)
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                continue
+            done = time.perf_counter()
+            if status == 201:
+                latencies.append(done - started)
+                if lag_every and len(latencies) % lag_every == 0:  # every n-th create of all clients
+                    task = asyncio.create_task(visible_after(payload["appointment_id"], done))
+                    lag_tasks.add(task)
+                    task.add_done_callback(lag_tasks.discard)
+            else:
+                code = ((payload or {}).get("error") or {}).get("code", str(status))
+                errors[code] = errors.get(code, 0) + 1
 
-        started = time.perf_counter()
-        deadline = started + seconds
-        await asyncio.gather(*(client(c, deadline) for c in range(clients)))
-        elapsed = time.perf_counter() - started
-        await asyncio.gather(*list(lag_tasks))
+    started = time.perf_counter()
+    deadline = started + seconds
+    await asyncio.gather(*(client(c, deadline) for c in range(clients)))
+    elapsed = time.perf_counter() - started
+    await asyncio.gather(*list(lag_tasks))
+    await http.close()
     return {"clients": clients, "seconds": round(elapsed, 2), "creates": len(latencies),
             "creates_per_s": round(len(latencies) / elapsed, 1), "latency_ms": summary_ms(latencies),
             "errors": sum(v for k, v in errors.items() if k not in ("lag_timeout", "read_after_write_miss")),
@@ -109,29 +106,30 @@ async def spread(url: str, key: str, clients: int, seconds: float, days: int, la
             "projection_lag_ms": {**summary_ms(lags), "samples": len(lags)}}
 
 
-async def hot(url: str, key: str, requests: int, when: str) -> dict:
-    headers = {"Authorization": f"Bearer {key}"}
+async def hot(url: str, key: str, requests: int, when: str, connections: int = 200) -> dict:
     run = uuid.uuid4().hex[:6]
     statuses: dict[str, int] = {}
-    connector = aiohttp.TCPConnector(limit=200)
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-        gate = asyncio.Event()
+    http = HttpClient(url, key)
+    await http.connect(connections)  # open before the burst: what is timed is the decisions
+    gate = asyncio.Event()
+    slots = asyncio.Semaphore(connections)
 
-        async def one(i: int) -> None:
-            await gate.wait()
-            body = {"appointment_type": "General Checkup", "appointment_date": when,
-                    "patient_name": "Hot", "parent_phone": f"+2{run}{i:05d}"}
-            async with session.post(f"{url}/v1/appointments", json=body) as resp:
-                payload = await resp.json(content_type=None)
-                code = "201" if resp.status == 201 else payload["error"]["code"]
-                statuses[code] = statuses.get(code, 0) + 1
+    async def one(i: int) -> None:
+        await gate.wait()
+        body = {"appointment_type": "General Checkup", "appointment_date": when,
+                "patient_name": "Hot", "parent_phone": f"+2{run}{i:05d}"}
+        async with slots:
+            status, payload = await http.request("POST", "/v1/appointments", body)
+        code = "201" if status == 201 else payload["error"]["code"]
+        statuses[code] = statuses.get(code, 0) + 1
 
-        tasks = [asyncio.create_task(one(i)) for i in range(requests)]
-        await asyncio.sleep(0.1)
-        started = time.perf_counter()
-        gate.set()
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - started
+    tasks = [asyncio.create_task(one(i)) for i in range(requests)]
+    await asyncio.sleep(0.1)
+    started = time.perf_counter()
+    gate.set()
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
+    await http.close()
     return {"requests": requests, "seconds": round(elapsed, 3), "decisions_per_s": round(requests / elapsed, 1),
             "succeeded": statuses.get("201", 0), "outcomes": statuses}
 

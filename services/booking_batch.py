@@ -37,11 +37,20 @@ from services.store.pool import DATABASE_UNAVAILABLE
 from services.unit_of_work import Change, Conflict, UnitOfWork, Work
 
 MAX_BATCH = 200
+# Groups are decided on the cached window-days as they are (no round trip to check them) while that keeps
+# working. Once it does not (another process writes the same window-days) they are checked first, one query,
+# until this many groups in a row find the cache current.
+TRUST_AFTER = 50
 GROUPS_IN_FLIGHT = 2  # per org and process: one commits while the next is decided
 BATCH_SIZE = Histogram("slotledger_booking_group_size", "Creates decided and committed together",
                        buckets=(1, 2, 5, 10, 20, 50, 100, 200))
 
 Key = tuple[str, str, str]  # phone (as compared), service, local date: the duplicate rule within one org
+
+# The booking holding key k (org $1), looked up per key: a correlated subquery is always a probe of the primary
+# key, where a join may be planned as a scan of the org's every key while the table's statistics are young.
+BOOKED_KEY = ("(SELECT b.appointment_id FROM booking_keys b WHERE b.org_id = $1 AND b.phone = k.phone"
+              " AND b.service_id = k.service_id AND b.local_date = k.local_date)")
 
 
 @dataclass
@@ -67,6 +76,7 @@ class BookingBatcher:
     new_id: Callable[[], str]
     queues: dict[str, list[_Create]] = field(default_factory=dict)  # creates waiting, per org
     leading: dict[str, int] = field(default_factory=dict)  # groups in flight, per org
+    trusting: int = TRUST_AFTER  # groups in a row that found the cached window-days current
     _groups: set[asyncio.Task] = field(default_factory=set)
 
     async def submit(self, org_id: str, catalog: cat.Catalog, version: int, placement: wd.Placement,
@@ -119,11 +129,12 @@ class BookingBatcher:
         mine = [i for i, c in enumerate(group) if c.version == leader.version]
         streams = sorted({group[i].placement.stream_id for i in mine})
         async with self.uow.pool.acquire() as conn, self.uow.locks(streams):
-            for verify in (False, True):
+            for verify in ((False, True) if self.trusting >= TRUST_AFTER else (True, True)):
                 try:
                     decided = await self._attempt(conn, org_id, leader.catalog, leader.version,
                                                   [group[i] for i in mine], streams, verify)
                 except (Conflict, CommandAlreadyApplied):
+                    self.trusting = 0
                     continue  # evicted: decided once more from the log; then each alone, carefully
                 for i, answer in zip(mine, decided):
                     answers[i] = answer
@@ -132,7 +143,11 @@ class BookingBatcher:
 
     async def _attempt(self, conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, version: int,
                        group: list[_Create], streams: list[str], verify: bool) -> list[Any]:
+        cached = {s: day.version for s in streams if (day := self.uow.cached_day(s)) is not None}
         days = await self.uow.days(conn, {s: catalog for s in streams}, verify)
+        if verify:  # the cache is trusted again once verifying finds it current, time after time
+            behind = any(days[s].version > v for s, v in cached.items())
+            self.trusting = 0 if behind else self.trusting + 1
         taken: dict[Key, str] = await _booked(conn, org_id, group) if verify else {}
         now = self.clock()
         answers: list[Any] = [None] * len(group)
@@ -188,11 +203,10 @@ async def _booked(conn: asyncpg.Connection, org_id: str, group: list[_Create]) -
     if not keys:
         return {}
     rows = await conn.fetch(
-        "SELECT b.phone, b.service_id, b.local_date::text AS day, b.appointment_id FROM booking_keys b"
-        " JOIN unnest($2::text[], $3::text[], $4::date[]) AS k(phone, service_id, local_date)"
-        " USING (phone, service_id, local_date) WHERE b.org_id = $1",
+        f"SELECT k.phone, k.service_id, k.local_date::text AS day, {BOOKED_KEY} AS appointment_id"
+        " FROM unnest($2::text[], $3::text[], $4::date[]) AS k(phone, service_id, local_date)",
         uuid.UUID(org_id), [k[0] for k in keys], [k[1] for k in keys], [dt.date.fromisoformat(k[2]) for k in keys])
-    return {(r["phone"], r["service_id"], r["day"]): r["appointment_id"] for r in rows}
+    return {(r["phone"], r["service_id"], r["day"]): r["appointment_id"] for r in rows if r["appointment_id"]}
 
 
 async def _confirm_refusals(conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, version: int,
@@ -206,11 +220,11 @@ async def _confirm_refusals(conn: asyncpg.Connection, org_id: str, catalog: cat.
     asked = [k for k in keys if k is not None]
     stale_days = sorted({group[i].placement.stream_id for i in refused})
     row = await conn.fetchrow(
-        "SELECT (SELECT config_version FROM orgs WHERE org_id = $1) AS version, array(SELECT array[b.phone,"
-        " b.service_id, b.local_date::text, b.appointment_id] FROM booking_keys b JOIN unnest($2::text[],"
-        " $3::text[], $4::date[]) AS k(phone, service_id, local_date) USING (phone, service_id, local_date)"
-        " WHERE b.org_id = $1) AS taken, array(SELECT array[s.stream_id, s.version::text] FROM streams s"
-        " WHERE s.stream_id = ANY($5::text[])) AS versions",
+        "SELECT (SELECT config_version FROM orgs WHERE org_id = $1) AS version, array(SELECT array[phone,"
+        " service_id, local_date::text, appointment_id] FROM (SELECT k.*, " + BOOKED_KEY + " AS appointment_id"
+        " FROM unnest($2::text[], $3::text[], $4::date[]) AS k(phone, service_id, local_date)) AS b"
+        " WHERE appointment_id IS NOT NULL) AS taken, array(SELECT array[s.stream_id, s.version::text]"
+        " FROM streams s WHERE s.stream_id = ANY($5::text[])) AS versions",
         uuid.UUID(org_id), [k[0] for k in asked], [k[1] for k in asked], [dt.date.fromisoformat(k[2]) for k in asked],
         stale_days)
     current = {stream: int(v) for stream, v in row["versions"]}

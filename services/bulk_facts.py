@@ -81,13 +81,15 @@ async def read(uow: UnitOfWork, now: datetime, conn: asyncpg.Connection, command
     await load_days(uow, conn, facts, streams)
     asked = sorted(facts.asked)
     for row in await conn.fetch(
-            "SELECT b.org_id::text AS org, b.phone, b.service_id, b.local_date::text AS day, b.appointment_id"
-            " FROM booking_keys b JOIN unnest($1::uuid[], $2::text[], $3::text[], $4::date[])"
-            " AS k(org, phone, service_id, day) ON b.org_id = k.org AND b.phone = k.phone"
-            " AND b.service_id = k.service_id AND b.local_date = k.day",
+            # per key, a probe of the primary key (see services/booking_batch.BOOKED_KEY)
+            "SELECT k.org::text AS org, k.phone, k.service_id, k.day::text AS day, (SELECT b.appointment_id"
+            " FROM booking_keys b WHERE b.org_id = k.org AND b.phone = k.phone AND b.service_id = k.service_id"
+            " AND b.local_date = k.day) AS appointment_id"
+            " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::date[]) AS k(org, phone, service_id, day)",
             [k[0] for k in asked], [k[1] for k in asked], [k[2] for k in asked],
             [dt.date.fromisoformat(k[3]) for k in asked]):
-        facts.keys[(row["org"], row["phone"], row["service_id"], row["day"])] = row["appointment_id"]
+        if row["appointment_id"]:
+            facts.keys[(row["org"], row["phone"], row["service_id"], row["day"])] = row["appointment_id"]
     return facts
 
 async def load_days(uow: UnitOfWork, conn: asyncpg.Connection, facts: Facts, streams: set[str]) -> None:

@@ -179,30 +179,31 @@ class UnitOfWork:
         one for the events the cache has not seen (a cached day behind the log takes only the events after its
         version). `verify=False`: cached days are taken as they are (an append's expected version checks them
         anyway), and only days not cached are read."""
-        versions: dict[str, int] | None = None
-        if verify:
-            versions = dict(await conn.fetch(
-                "SELECT stream_id, version FROM streams WHERE stream_id = ANY($1::text[])", list(wanted)))
         out: dict[str, wd.WindowDay] = {}
-        behind: dict[str, int] = {}  # stream → the version its events are wanted after
         for stream, catalog in wanted.items():
             day = self._days.get(stream)
             if day is None or day.phone_region != catalog.settings.phone_region:
                 day = wd.WindowDay(*wd.split_stream_id(stream), phone_region=catalog.settings.phone_region)
-                if versions is None or versions.get(stream, 0) > 0:
-                    behind[stream] = 0
-            elif versions is not None and day.version < versions.get(stream, 0):
-                behind[stream] = day.version
             out[stream] = day
-        if behind:
-            for row in await conn.fetch(
-                    "SELECT e.stream_id, e.event_type, e.data FROM events e JOIN unnest($1::text[], $2::int[])"
-                    " AS k(stream_id, after) ON e.stream_id = k.stream_id AND e.stream_version > k.after"
-                    " ORDER BY e.stream_id, e.stream_version", list(behind), list(behind.values())):
-                out[row["stream_id"]].apply(ev.from_stored(row["event_type"], row["data"]))
+        asked = list(out) if verify else [s for s, day in out.items() if self._days.get(s) is not day]
+        if asked:
+            versions = await conn.fetch("SELECT stream_id, version FROM streams WHERE stream_id = ANY($1::text[])",
+                                        asked)
+            # Each missing event by its key, (stream, version): a unique-key probe whatever the statistics say
+            # (a join on the stream alone may be planned as a scan of the whole log while the table is young).
+            missing = [(stream, v) for stream, version in versions for v in range(out[stream].version + 1, version + 1)]
+            if missing:
+                for row in await conn.fetch(
+                        "SELECT e.stream_id, e.event_type, e.data FROM unnest($1::text[], $2::int[]) AS k(s, v)"
+                        " JOIN events e ON e.stream_id = k.s AND e.stream_version = k.v ORDER BY k.s, k.v",
+                        [s for s, _ in missing], [v for _, v in missing]):
+                    out[row["stream_id"]].apply(ev.from_stored(row["event_type"], row["data"]))
         for day in out.values():
             self._remember(day)
         return out
+
+    def cached_day(self, stream_id: str) -> wd.WindowDay | None:
+        return self._days.get(stream_id)
 
     def _cached(self, stream_id: str, catalog: cat.Catalog, version: int | None) -> wd.WindowDay | None:
         day = self._days.get(stream_id)

@@ -138,3 +138,36 @@ async def test_one_phone_in_two_window_days_of_a_group_is_booked_once(runtime, h
         (_, booked), (_, refused) = sorted(pair, key=lambda r: r[0])
         assert refused["error"]["code"] == "DUPLICATE_BOOKING"
         assert refused["existing_appointment_id"] == booked["data"]["appointment_id"]
+
+
+async def test_a_window_day_another_process_filled_is_not_overbooked_and_the_cache_is_checked_again(runtime, http):
+    """Two handlers on one database are two processes. B fills a window-day A has cached; A's next creates
+    there are refused SLOT_FULL (its stale cache costs a retry, never a place), and A checks its cache before
+    deciding until checking finds it current again and again."""
+    from services.booking_batch import TRUST_AFTER
+    from services.handler import CommandHandler
+    from services.outcome import Meta
+
+    api = await setup_clinic(await new_org(runtime, http), max_slots=6)
+    a = runtime.handler
+    b = CommandHandler(runtime.pool, runtime.store)
+    when = local_at(api, 20, "09:00")
+    request = {"appointment_type": "General Checkup", "appointment_date": when, "patient_name": "P",
+               "branch_id": None, "session": None, "batch": None, "assigned_doctor": None,
+               "external_reference_id": None, "notes": None, "reason": None, "duration_minutes": None}
+    await a.create_appointment(api.org_id, {**request, "parent_phone": "+15550000001"}, Meta())  # cached by A
+    for i in range(2, 7):  # B fills the rest
+        await b.create_appointment(api.org_id, {**request, "parent_phone": f"+1555000000{i}"}, Meta())
+    a.batcher.trusting = TRUST_AFTER  # as a process that has seen no other writer lately
+    refused = await asyncio.gather(*(a.create_appointment(api.org_id, {**request, "parent_phone": f"+1556000000{i}"},
+                                                          Meta()) for i in range(4)), return_exceptions=True)
+    assert [getattr(r, "code", r) for r in refused] == ["SLOT_FULL"] * 4
+    assert a.batcher.trusting < TRUST_AFTER  # it saw its cache was behind
+    status, body = await api.get(f"/v1/appointment-slots/availability?date={local_date(api, 20)}")
+    assert [row["booked"] for row in body["data"] if row["session"] == "Morning"] == [6]
+    for i in range(TRUST_AFTER):  # verified groups that find the cache current: trusted again
+        when = local_at(api, 21 + i % 9, ("09:00", "18:00")[i // 9 % 2])
+        outcome = await a.create_appointment(api.org_id, {**request, "appointment_date": when,
+                                                          "parent_phone": f"+1557{i:07d}"}, Meta())
+        assert outcome.status == 201
+    assert a.batcher.trusting >= TRUST_AFTER
