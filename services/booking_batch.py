@@ -107,7 +107,8 @@ class BookingBatcher:
             if group:
                 BATCH_SIZE.observe(len(group))
                 answers = await self._decide_and_commit(org_id, group)
-        except DATABASE_UNAVAILABLE as exc:  # everyone is told at once (503), not after a careful try each
+        except DATABASE_UNAVAILABLE as exc:  # everyone is told at once (503), not after a careful try each,
+            group += self.queues.pop(org_id, [])  # and so is everyone queued behind: they would wait in vain
             answers = [exc] * len(group)
         except Exception:  # a bug: each takes the careful path, which sets the culprit apart
             log.exception("a group of creates failed; each is decided alone")

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from services.local.postgres import LocalPostgres
-from services.runtime import Runtime
+from services.runtime import READINESS_SECONDS, Runtime
 from services.settings import Settings
 from tests.builders import create_body
 from tests.e2e.conftest import local_at, new_org, setup_clinic
@@ -97,6 +97,7 @@ async def test_postgres_gone_and_back_under_load(own_postgres, tmp_path, fault, 
 
             ready_after = None
             readiness_while_down: list = []
+            readiness_took: list[float] = []
 
             async def inject() -> None:
                 nonlocal ready_after
@@ -106,8 +107,10 @@ async def test_postgres_gone_and_back_under_load(own_postgres, tmp_path, fault, 
                 else:
                     pg.signal_all(signal.SIGSTOP)  # the server and all its backends
                 await asyncio.sleep(down_for)
+                asked = time.monotonic()
                 async with session.get(rt.http_url + "/readyz") as resp:  # says which dependency is down
                     readiness_while_down.append((resp.status, await resp.json()))
+                readiness_took.append(time.monotonic() - asked)
                 if fault.startswith("SIGKILL"):
                     await asyncio.to_thread(pg.start)
                 else:
@@ -147,6 +150,7 @@ async def test_postgres_gone_and_back_under_load(own_postgres, tmp_path, fault, 
 
             [(status, down)] = readiness_while_down
             assert status == 503 and down["checks"]["postgres"]["ok"] is False, down
+            assert readiness_took[0] < READINESS_SECONDS + 2, readiness_took  # an answer, in bounded time
             assert not any(status == 500 for status, *_ in (k for k in outcomes if isinstance(k, tuple))), outcomes
             told = sum(n for k, n in outcomes.items() if isinstance(k, tuple) and 503 in k or "SERVICE_UNAVAILABLE" in k)
             assert told >= 8, outcomes  # it was down, and the clients were told (creates, reads or changes)
