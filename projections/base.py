@@ -93,11 +93,11 @@ def project(projectors: Iterable[Projector], events: Iterable[tuple[ev.Event, An
     return compile_writes(w for event, org_id in events for p in chosen for w in p.writes(event, org_id))
 
 
-def decoded(batch) -> list[tuple[ev.Event, Any]]:
-    """Stored events (of types this release knows) as (event, org_id) pairs."""
-    return [(ev.from_stored(s.type, s.data), s.org_id) for s in batch if s.type in ev.EVENT_TYPES]
+def decoded(stored: Iterable[tuple[str, Any, Any]]) -> list[tuple[ev.Event, Any]]:
+    """Stored events as (type, data, org_id), those of types this release knows, as (event, org_id) pairs."""
+    return [(ev.from_stored(type_, data), org_id) for type_, data, org_id in stored if type_ in ev.EVENT_TYPES]
 
 
 async def apply_batch(conn: asyncpg.Connection, projector: Projector, batch) -> None:
-    for statement in project([projector], decoded(batch)):
+    for statement in project([projector], decoded((s.type, s.data, s.org_id) for s in batch)):
         await statement.run(conn)

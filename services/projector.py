@@ -107,12 +107,24 @@ async def rebuild(pool: asyncpg.Pool, store: EventStore, names: list[str] | None
             for table in projector.tables:
                 await conn.execute(f"TRUNCATE {table}")
             await conn.execute("DELETE FROM checkpoints WHERE name = $1", projector.name)
+        # Lookup indexes are built once at the end rather than kept up row by row (the unique ones stay: the
+        # projectors' upserts need them). In the same transaction: no reader ever sees a table without them.
+        lookups = await conn.fetch(
+            "SELECT i.indexrelid::regclass::text AS name, pg_get_indexdef(i.indexrelid) AS definition"
+            " FROM pg_index i WHERE i.indrelid = ANY($1::regclass[]) AND NOT i.indisunique"
+            " AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)",
+            [t for p in chosen for t in p.tables])
+        for index in lookups:
+            await conn.execute(f"DROP INDEX {index['name']}")
         position, events = START, 0
         async for batch, statements in _projected(pool, store, chosen, gap_safe):
             for statement in statements:
                 await statement.run(conn)
             events += len(batch)
-            position = batch[-1].log_position
+            position = LogPosition(batch[-1]["transaction_id"], batch[-1]["global_position"])
+        await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        for index in lookups:
+            await conn.execute(index["definition"])
         for projector in chosen:
             if events and projector not in INLINE:
                 await save_checkpoint(conn, projector.name, position)
@@ -134,9 +146,10 @@ async def _projected(pool: asyncpg.Pool, store: EventStore, projectors: list[Pro
         position = START
         try:
             async with pool.acquire() as reader:
-                while batch := await store.read_log(position, REBUILD_BATCH, reader, gap_safe=gap_safe):
-                    position = batch[-1].log_position
-                    await ready.put((batch, project(projectors, decoded(batch))))
+                while batch := await store.replay_log(position, REBUILD_BATCH, reader, gap_safe=gap_safe):
+                    position = LogPosition(batch[-1]["transaction_id"], batch[-1]["global_position"])
+                    events = decoded((r["event_type"], r["data"], r["org_id"]) for r in batch)
+                    await ready.put((batch, project(projectors, events)))
         finally:  # the end of the log, or a failure the writer then raises
             await ready.put(None)
 

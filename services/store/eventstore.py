@@ -144,16 +144,17 @@ def _append_sql(condition: str | None, side_writes: tuple[str, ...], fail: bool 
     return ",\n".join(ctes) + "\nSELECT * FROM ins ORDER BY global_position"
 
 
-_READ_LOG = f"""
-SELECT {_COLUMNS} FROM events
-WHERE (transaction_id, global_position) > ($1::text::xid8, $2::bigint)
-  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY transaction_id, global_position
-LIMIT $3
-"""
+def _read_log_sql(columns: str, gap_safe: bool) -> str:
+    bound = "  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())\n" if gap_safe else ""
+    return (f"SELECT {columns} FROM events\n"
+            "WHERE (transaction_id, global_position) > ($1::text::xid8, $2::bigint)\n"
+            f"{bound}ORDER BY transaction_id, global_position\nLIMIT $3")
 
 
-_READ_COMMITTED = _READ_LOG.replace("  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())\n", "")
+_READ_LOG = {gap_safe: _read_log_sql(_COLUMNS, gap_safe) for gap_safe in (True, False)}
+# A replay (a rebuild) needs only what projectors read: no metadata to decode, no event objects to build.
+_REPLAY_COLUMNS = "global_position, transaction_id::text::bigint AS transaction_id, event_type, data, org_id"
+_REPLAY_LOG = {gap_safe: _read_log_sql(_REPLAY_COLUMNS, gap_safe) for gap_safe in (True, False)}
 
 
 def _row_to_event(row: asyncpg.Record) -> StoredEvent:
@@ -266,13 +267,19 @@ class EventStore:
         """Events after `after`, in log order. Gap-safe (the default): only those no running transaction can
         still precede. Otherwise every committed event, for a reader that holds off the writers it cares about
         (a rebuild of inline read models locks their tables)."""
-        sql = _READ_LOG if gap_safe else _READ_COMMITTED
+        sql = _READ_LOG[gap_safe]
         if conn is None:
             async with self.pool.acquire() as conn:
                 rows = await conn.fetch(sql, str(after.transaction_id), after.global_position, limit)
         else:
             rows = await conn.fetch(sql, str(after.transaction_id), after.global_position, limit)
         return [_row_to_event(row) for row in rows]
+
+    async def replay_log(self, after: LogPosition, limit: int, conn: asyncpg.Connection,
+                         gap_safe: bool = True) -> list[asyncpg.Record]:
+        """As read_log, but only each event's global_position, transaction_id, event_type, data and org_id,
+        as rows: what a replay needs, at a fraction of the decoding."""
+        return await conn.fetch(_REPLAY_LOG[gap_safe], str(after.transaction_id), after.global_position, limit)
 
     @property
     def channel(self) -> str:

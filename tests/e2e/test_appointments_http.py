@@ -381,12 +381,19 @@ async def test_rebuild_gives_the_same_read_models_as_the_live_projectors(runtime
             return {t: sorted(map(tuple, await conn.fetch(f"SELECT * FROM {t}")), key=str)
                     for t in ("rm_appointments", "rm_schedule_bookings", "rm_window_days")}
 
-    live = await snapshot()
+    async def indexes():  # the rebuild drops the lookup indexes while it loads, and builds them again
+        async with runtime.pool.acquire() as conn:
+            return sorted(await conn.fetch("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname ="
+                                           " current_schema() AND tablename LIKE 'rm\\_%'"))
+
+    live, indexed = await snapshot(), await indexes()
     assert len(live["rm_appointments"]) == 12 and len(live["rm_window_days"]) == 1
     assert len(live["rm_schedule_bookings"]) == 11  # one cancelled
+    assert any(not r["indexdef"].startswith("CREATE UNIQUE") for r in indexed)
     report = await rebuild(runtime.pool, runtime.store)
     assert report["appointments"]["rows"]["rm_appointments"] == 12
     assert await snapshot() == live
+    assert await indexes() == indexed
 
 
 async def test_a_projection_starting_from_scratch_catches_up_without_moving_the_other_back(runtime, api):
