@@ -40,6 +40,7 @@ from services.local.postgres import LocalPostgres, bin_dir
 from bench import plots
 from bench.receiver import LagReceiver
 from services.projector import rebuild
+from services.dispatcher import CHECKPOINT as DISPATCHER_CHECKPOINT
 from services.runtime import Runtime
 from services.settings import Settings
 from services.store.eventstore import Append, NewEvent
@@ -171,12 +172,12 @@ async def set_up_clinic(settings: Settings) -> dict:
 
 # -- measurements ------------------------------------------------------------------------------------------
 
-def webhook_lag(settings: Settings, clinic: dict, url: str, seconds: int, logs: Path) -> dict:
+async def webhook_lag(settings: Settings, clinic: dict, url: str, seconds: int, logs: Path) -> dict:
     """http-spread at 16 clients with every booking also delivered as a webhook by a dispatcher process of its
     own: the time from each event's commit to its receipt."""
     receiver = LagReceiver().start()
     dispatcher = spawn("webhooks", settings, logs)
-    time.sleep(5)  # it reads the log from the start once: let it catch up before the measured load begins
+    await caught_up(settings, DISPATCHER_CHECKPOINT)  # it reads the log from the start once: not measured
     req = urllib.request.Request(f"{url}/v1/webhooks", method="POST",
                                  data=json.dumps({"url": receiver.url, "event_types": ["appointment.booked"]}).encode(),
                                  headers={"Authorization": f"Bearer {clinic['key']}", "Content-Type": "application/json"})
@@ -189,6 +190,25 @@ def webhook_lag(settings: Settings, clinic: dict, url: str, seconds: int, logs: 
         stop(dispatcher)
     return {"creates": load["creates"], "creates_per_s": load["creates_per_s"], **receiver.summary()}
 
+
+
+async def caught_up(settings: Settings, checkpoint: str, timeout: float = 300) -> None:
+    """Until the log reader saving `checkpoint` has reached the log's end as it is now."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        end = await conn.fetchrow("SELECT transaction_id::text AS tx, global_position FROM events"
+                                  " ORDER BY transaction_id DESC, global_position DESC LIMIT 1")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if end is None or await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM checkpoints WHERE name = $1"
+                    " AND (transaction_id, global_position) >= ($2::text::xid8, $3::bigint))",
+                    checkpoint, end["tx"], end["global_position"]):
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"{checkpoint} did not catch up with the log in {timeout} s")
+    finally:
+        await conn.close()
 
 
 def pgbench(pg_url_port: int, clients: int, seconds: int, script: Path) -> float:
@@ -514,7 +534,7 @@ async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka
             wait_ready(url)
 
         if "webhooks" in phases:
-            report["webhooks"] = webhook_lag(settings, clinic, url, seconds, logs)
+            report["webhooks"] = await webhook_lag(settings, clinic, url, seconds, logs)
             log(f"webhooks: {report['webhooks']}")
         if "hot" in phases:
             report["hot_window"] = hot_window(clinic, url)
