@@ -175,11 +175,11 @@ class _Run:
         day = self._day(placement.stream_id)
         duplicate = self._duplicate(key, None)
         appointment_id = new_appointment_id()
-        events = decisions.decide_create(catalog, day, placement, request, appointment_id, self.now, duplicate)
-        record = Appointment.from_dict(events[0].appointment)
-        if doctors.doctor_time(record, catalog) is not None:
+        if request.get("assigned_doctor"):  # a booking's doctor is only ever the one asked for
             raise _Stop  # a doctor's time is checked one by one
+        events = decisions.decide_create(catalog, day, placement, request, appointment_id, self.now, duplicate)
         self._fold(org, day, events, meta)
+        record = day.appointments[appointment_id]
         self.facts.homes[appointment_id] = (org, day.stream_id)
         self._touch(org, catalog, None, record)
         return self._answer(command, org, meta, written(201, events[0].appointment, None), day)
