@@ -16,9 +16,15 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from services.logs import configure
 from services.store.eventstore import EventStore
 from services.store.pool import create_pool
 from services.store.migrate import migrate
+
+# The service's own log format, as in production (JSON lines, plain tracebacks). structlog's default console
+# renderer draws each traceback with every local variable (whole window-days): when PostgreSQL was killed under
+# load, drawing the loops' failures held the event loop for 28 s, and requests timed out behind it.
+configure("info")
 
 
 def _docker_answers() -> bool:
