@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,10 +48,15 @@ BATCH_SIZE = Histogram("slotledger_booking_group_size", "Creates decided and com
 
 Key = tuple[str, str, str]  # phone (as compared), service, local date: the duplicate rule within one org
 
-# The booking holding key k (org $1), looked up per key: a correlated subquery is always a probe of the primary
-# key, where a join may be planned as a scan of the org's every key while the table's statistics are young.
-BOOKED_KEY = ("(SELECT b.appointment_id FROM booking_keys b WHERE b.org_id = $1 AND b.phone = k.phone"
-              " AND b.service_id = k.service_id AND b.local_date = k.local_date)")
+def booked_key(org: str, day: str) -> str:
+    """SQL for the booking holding the key in row `k` (k.phone, k.service_id, `day`) of org `org`, looked up per
+    key: a correlated subquery is always a probe of the primary key, where a join may be planned as a scan of
+    the org's every key while the table's statistics are young."""
+    return (f"(SELECT b.appointment_id FROM booking_keys b WHERE b.org_id = {org} AND b.phone = k.phone"
+            f" AND b.service_id = k.service_id AND b.local_date = {day})")
+
+
+BOOKED_KEY = booked_key("$1", "k.local_date")  # the org is the statement's first parameter
 
 
 @dataclass
@@ -62,6 +68,7 @@ class _Create:
     meta: Meta
     answer: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
+    @functools.cached_property
     def key(self) -> Key | None:
         if not self.catalog.settings.prevent_duplicate_bookings:
             return None
@@ -144,7 +151,7 @@ class BookingBatcher:
 
     async def _attempt(self, conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, version: int,
                        group: list[_Create], streams: list[str], verify: bool) -> list[Any]:
-        cached = {s: day.version for s in streams if (day := self.uow.cached_day(s)) is not None}
+        cached = {s: day.version for s in streams if verify and (day := self.uow.cached_day(s)) is not None}
         days = await self.uow.days(conn, {s: catalog for s in streams}, verify)
         if verify:  # the cache is trusted again once verifying finds it current, time after time
             behind = any(days[s].version > v for s, v in cached.items())
@@ -157,7 +164,7 @@ class BookingBatcher:
         touched, results, booked = [], [], []
         try:
             for i, create in enumerate(group):
-                day, key = days[create.placement.stream_id], create.key()
+                day, key = days[create.placement.stream_id], create.key
                 appointment_id = self.new_id()
                 try:
                     events = decisions.decide_create(catalog, day, create.placement, create.request, appointment_id,
@@ -200,7 +207,7 @@ class BookingBatcher:
 
 async def _booked(conn: asyncpg.Connection, org_id: str, group: list[_Create]) -> dict[Key, str]:
     """The group's duplicate keys already booked, by appointment."""
-    keys = [k for k in {c.key() for c in group} if k is not None]
+    keys = [k for k in {c.key for c in group} if k is not None]
     if not keys:
         return {}
     rows = await conn.fetch(
@@ -217,7 +224,7 @@ async def _confirm_refusals(conn: asyncpg.Connection, org_id: str, catalog: cat.
     and once rule 9 has had its say: a create refused SLOT_FULL whose phone already has a booking that date
     elsewhere is a DUPLICATE_BOOKING (rule 9 comes before rule 10). One query for the whole group; a refusal
     that cannot be confirmed is left None, and the careful path answers it."""
-    keys = [group[i].key() for i in refused]
+    keys = [group[i].key for i in refused]
     asked = [k for k in keys if k is not None]
     stale_days = sorted({group[i].placement.stream_id for i in refused})
     row = await conn.fetchrow(

@@ -15,6 +15,7 @@ from domain import decisions
 from domain import windowday as wd
 from domain.errors import DomainError
 from domain.patients import phone_key
+from services.booking_batch import booked_key
 from services.commands import appointment_patch
 from services.unit_of_work import UnitOfWork
 
@@ -81,11 +82,9 @@ async def read(uow: UnitOfWork, now: datetime, conn: asyncpg.Connection, command
     await load_days(uow, conn, facts, streams)
     asked = sorted(facts.asked)
     for row in await conn.fetch(
-            # per key, a probe of the primary key (see services/booking_batch.BOOKED_KEY)
-            "SELECT k.org::text AS org, k.phone, k.service_id, k.day::text AS day, (SELECT b.appointment_id"
-            " FROM booking_keys b WHERE b.org_id = k.org AND b.phone = k.phone AND b.service_id = k.service_id"
-            " AND b.local_date = k.day) AS appointment_id"
-            " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::date[]) AS k(org, phone, service_id, day)",
+            f"SELECT k.org::text AS org, k.phone, k.service_id, k.day::text AS day, {booked_key('k.org', 'k.day')}"
+            " AS appointment_id FROM unnest($1::uuid[], $2::text[], $3::text[], $4::date[])"
+            " AS k(org, phone, service_id, day)",
             [k[0] for k in asked], [k[1] for k in asked], [k[2] for k in asked],
             [dt.date.fromisoformat(k[3]) for k in asked]):
         if row["appointment_id"]:
