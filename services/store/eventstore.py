@@ -148,7 +148,9 @@ def _read_log_sql(columns: str, gap_safe: bool) -> str:
     bound = "  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())\n" if gap_safe else ""
     return (f"SELECT {columns} FROM events\n"
             "WHERE (transaction_id, global_position) > ($1::text::xid8, $2::bigint)\n"
-            f"{bound}ORDER BY transaction_id, global_position\nLIMIT $3")
+            # Qualified: the bare names would sort by the output column (the bigint cast), which no index
+            # serves, so every read would sort all of the log after its position.
+            f"{bound}ORDER BY events.transaction_id, events.global_position\nLIMIT $3")
 
 
 _READ_LOG = {gap_safe: _read_log_sql(_COLUMNS, gap_safe) for gap_safe in (True, False)}
