@@ -5,7 +5,7 @@ import datetime as dt
 
 from domain import events as ev
 from domain.patients import patient_id, phone_key
-from projections.base import Write, recordset
+from projections.base import Write, inserting, recordset
 
 TABLE = "rm_appointments"
 
@@ -37,9 +37,28 @@ _PATIENT = (f"INSERT INTO {PATIENTS} SELECT * FROM "
             + " WHERE {guard} ON CONFLICT (patient_id) DO NOTHING")
 
 
+ROW = ("appointment_id", "org_id", "date", "branch_id", "window_id", "status", "phone", "assigned_doctor",
+       "appointment_type", "external_reference_id", "record", "patient_id")
+PATIENT_ROW = ("patient_id", "org_id", "phone", "patient_name", "parent_phone")
+_RECORD, _STATUS, _DOCTOR = ROW.index("record"), ROW.index("status"), ROW.index("assigned_doctor")
+
+
+def _merged(rows: dict, key: str, values: tuple) -> None:
+    """_MERGE, in memory."""
+    row = rows.get(key)
+    if row is None:
+        return
+    version = row[_RECORD].get("version")
+    record = row[_RECORD] = {**row[_RECORD], **values[1], "version": None if version is None else int(version) + 1}
+    row[_STATUS], row[_DOCTOR] = record.get("status"), record.get("assigned_doctor")
+
+
 class AppointmentsProjector:
     name = "appointments"
     tables = (TABLE, PATIENTS)
+    columns = {TABLE: ROW, PATIENTS: PATIENT_ROW}
+    folds = {_PUT: inserting(ROW, replace="date branch_id window_id status assigned_doctor record"),
+             _MERGE: _merged, _PATIENT: inserting(PATIENT_ROW)}
 
     def writes(self, event: ev.Event, org_id) -> list[Write]:
         match event:

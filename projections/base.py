@@ -9,7 +9,7 @@ statements, not one per event, and a statement costs one parameter to encode how
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterable, Protocol
+from typing import Any, Callable, Hashable, Iterable, Protocol
 
 import asyncpg
 
@@ -78,8 +78,56 @@ def compile_writes(writes: Iterable[Write]) -> list[Statement]:
     return out
 
 
+# -- the same statements folded in memory, for a rebuild that loads its rows with COPY ----------------------
+# A row in memory is a list of a table's columns in COPY order, the insert statement's columns first.
+Fold = Callable[[dict[Hashable, list], Hashable, tuple], None]  # (a table's rows by key, the write's key, its row)
+
+
+def inserting(row: tuple[str, ...], replace: str = "", coalesce: str = "", **defaults: Any) -> Fold:
+    """What `INSERT (the row's columns but those in defaults) … ON CONFLICT (key)` does: DO NOTHING, or SET
+    each `replace` column to the new value and each `coalesce` column to coalesce(new, old)."""
+    tail = [defaults[column] for column in row[len(row) - len(defaults):]]
+    replaced, kept = [row.index(c) for c in replace.split()], [row.index(c) for c in coalesce.split()]
+
+    def fold(rows: dict[Hashable, list], key: Hashable, values: tuple) -> None:
+        current = rows.get(key)
+        if current is None:
+            rows[key] = [*values, *tail]
+            return
+        for i in replaced:
+            current[i] = values[i]
+        for i in kept:
+            if values[i] is not None:
+                current[i] = values[i]
+    return fold
+
+
+def updating(row: tuple[str, ...], columns: str, replace: str = "", coalesce: str = "") -> Fold:
+    """What `UPDATE … SET` does to the row of the write's key (the first of `columns`), if there is one."""
+    names = columns.split()
+    replaced = [(row.index(c), names.index(c)) for c in replace.split()]
+    kept = [(row.index(c), names.index(c)) for c in coalesce.split()]
+
+    def fold(rows: dict[Hashable, list], key: Hashable, values: tuple) -> None:
+        current = rows.get(key)
+        if current is None:
+            return
+        for i, j in replaced:
+            current[i] = values[j]
+        for i, j in kept:
+            if values[j] is not None:
+                current[i] = values[j]
+    return fold
+
+
+def deleting(rows: dict[Hashable, list], key: Hashable, values: tuple) -> None:
+    rows.pop(key, None)
+
+
 class Projector(Protocol):
-    """Turns one event into row writes. Pure: no I/O."""
+    """Turns one event into row writes. Pure: no I/O. A projector may also say how a rebuild loads its tables
+    with COPY: `columns` (each table's columns in COPY order) and `folds` (each of its statements' effect on a
+    row, by the statement's SQL); without them, a rebuild runs its statements."""
 
     name: str
     tables: tuple[str, ...]
@@ -91,6 +139,42 @@ def project(projectors: Iterable[Projector], events: Iterable[tuple[ev.Event, An
     """Every projector's writes for (event, org_id) pairs in log order, compiled."""
     chosen = list(projectors)
     return compile_writes(w for event, org_id in events for p in chosen for w in p.writes(event, org_id))
+
+
+@dataclass
+class Load:
+    """A rebuild's writes split batch by batch: a row no earlier batch wrote is folded in memory and loaded
+    with COPY once the batch is folded; a write to a row an earlier batch loaded (a booking cancelled months
+    later) runs as its statement. Either way a row ends as the statements alone would leave it; only the rows
+    of one batch are held in memory."""
+    columns: dict[str, tuple[str, ...]] = field(default_factory=dict)  # table → its COPY columns
+    folds: dict[str, Fold] = field(default_factory=dict)  # statement SQL → its fold
+    seen: dict[str, set] = field(default_factory=dict)  # table → keys some batch has folded
+
+    @classmethod
+    def of(cls, projectors: Iterable[Projector]) -> "Load":
+        load = cls()
+        for projector in projectors:
+            folds = getattr(projector, "folds", None)
+            if folds:
+                load.columns.update(projector.columns)
+                load.folds.update(folds)
+        load.seen = {table: set() for table in load.columns}
+        return load
+
+    def split(self, writes: Iterable[Write]) -> tuple[dict[str, list[tuple]], list[Statement]]:
+        """One batch's writes → (rows to COPY per table, statements to run before them)."""
+        fresh: dict[str, dict[Hashable, list]] = {table: {} for table in self.columns}
+        late = []
+        folds, seen = self.folds, self.seen
+        for write in writes:
+            fold, key = folds.get(write.sql), write.keys[0]
+            if fold is None or (key in seen[write.table] and key not in fresh[write.table]):
+                late.append(write)
+            else:
+                seen[write.table].add(key)
+                fold(fresh[write.table], key, write.row)
+        return {table: list(rows.values()) for table, rows in fresh.items() if rows}, compile_writes(late)
 
 
 def decoded(stored: Iterable[tuple[str, Any, Any]]) -> list[tuple[ev.Event, Any]]:

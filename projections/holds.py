@@ -6,7 +6,7 @@ import datetime as dt
 from domain import events as ev
 from domain.timerules import parse_instant
 from domain.windowday import stream_id
-from projections.base import Write, recordset
+from projections.base import Write, inserting, recordset, updating
 
 HOLDS, WAITLIST = "rm_holds", "rm_waitlist"
 
@@ -45,9 +45,23 @@ def _entry_status(waitlist_id: str | None, status: str, hold_id: str | None = No
                   (waitlist_id,))]
 
 
+# Rows in COPY order: the insert's columns, then those only updates set (rm_waitlist's seq: its default).
+_HOLD_ROW = ("hold_id", "org_id", "stream_id", "window_id", "date", "service_id", "status", "expires_at",
+             "waitlist_id", "record", "appointment_id")
+_ENTRY_ROW = ("waitlist_id", "org_id", "date", "branch_id", "service_id", "streams", "external_reference_id",
+              "record", "status", "hold_id", "offer_expires_at", "appointment_id")
+
+
 class HoldsProjector:
     name = "holds_waitlist"
     tables = (HOLDS, WAITLIST)
+    columns = {HOLDS: _HOLD_ROW, WAITLIST: _ENTRY_ROW}
+    folds = {_HOLD: inserting(_HOLD_ROW, appointment_id=None),
+             _HOLD_STATUS: updating(_HOLD_ROW, "hold_id status appointment_id", replace="status",
+                                    coalesce="appointment_id"),
+             _ENTRY: inserting(_ENTRY_ROW, status="waiting", hold_id=None, offer_expires_at=None, appointment_id=None),
+             _ENTRY_STATUS: updating(_ENTRY_ROW, "waitlist_id status hold_id offer_expires_at appointment_id",
+                                     replace="status", coalesce="hold_id offer_expires_at appointment_id")}
 
     def writes(self, event: ev.Event, org_id) -> list[Write]:
         match event:

@@ -6,7 +6,7 @@ import datetime as dt
 
 from domain import events as ev
 from domain.windowday import is_active
-from projections.base import Write, recordset
+from projections.base import Write, deleting, inserting, recordset
 
 BOOKINGS, DAYS = "rm_schedule_bookings", "rm_window_days"
 
@@ -35,9 +35,16 @@ def freed(appointment_id: str) -> Write:
     return Write(BOOKINGS, _FREED, (appointment_id,), (appointment_id,))
 
 
+_BOOKING_ROW = ("appointment_id", "org_id", "window_id", "date", "service_id")
+_DAY_ROW = ("window_id", "date", "org_id", "status", "max_slots")
+
+
 class ScheduleProjector:
     name = "schedule_tracking"
     tables = (BOOKINGS, DAYS)
+    columns = {BOOKINGS: _BOOKING_ROW, DAYS: _DAY_ROW}
+    folds = {_BOOKING: inserting(_BOOKING_ROW, replace="window_id date"), _FREED: deleting,
+             _DAY: inserting(_DAY_ROW, coalesce="status max_slots")}
 
     def writes(self, event: ev.Event, org_id) -> list[Write]:
         match event:

@@ -16,14 +16,24 @@ DATABASE_UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.P
                         asyncpg.CrashShutdownError, asyncpg.exceptions.InternalClientError)
 
 
-def _dumps(value: Any) -> str:
-    # default=str: asyncpg's own UUID type (ids read back from the database), which orjson does not know
-    return orjson.dumps(value, default=str).decode()
+# JSON in binary format: no str round trip, and binary COPY (a rebuild's loads) can carry jsonb columns.
+# jsonb's binary form is a version byte (1) and the text; json's is the text alone.
+# default=str: asyncpg's own UUID type (ids read back from the database), which orjson does not know.
+def _json_out(value: Any) -> bytes:
+    return orjson.dumps(value, default=str)
+
+
+def _jsonb_out(value: Any) -> bytes:
+    return b"\x01" + orjson.dumps(value, default=str)
+
+
+def _jsonb_in(data: bytes) -> Any:
+    return orjson.loads(memoryview(data)[1:])
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
-    for kind in ("json", "jsonb"):
-        await conn.set_type_codec(kind, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=_json_out, decoder=orjson.loads, schema="pg_catalog", format="binary")
+    await conn.set_type_codec("jsonb", encoder=_jsonb_out, decoder=_jsonb_in, schema="pg_catalog", format="binary")
 
 
 async def _release(conn: asyncpg.Connection) -> None:
