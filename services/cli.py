@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import signal
 import sys
@@ -26,10 +27,20 @@ async def _serve(settings: Settings, components: tuple[str, ...],
         await runtime.start()
         if on_ready is not None:
             await on_ready(runtime)
+        _collect_cycles_rarely()
         await stop.wait()
         log.info("stopping")
     finally:
         await runtime.stop()
+
+
+def _collect_cycles_rarely() -> None:
+    """What startup built (modules, schemas, catalogs) lives as long as the process: out of the cycle collector's
+    sight. Its youngest generation waits for 10,000 new objects, not 700: a Kafka batch or a burst of HTTP
+    creates makes hundreds of thousands, nearly none in cycles, and the default thresholds spent 15-20% of
+    the ingestor's CPU collecting them (and walking the cached window-days over and over)."""
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def _run_service(main: Awaitable[None]) -> None:

@@ -99,6 +99,7 @@ class Ingestor:
     settings: Settings
     pool: asyncpg.Pool
     handler: CommandHandler
+    lane: int = 0  # which of the process's consumers (settings.ingest_consumers)
     _consumer: AIOKafkaConsumer | None = None
     _producer: AIOKafkaProducer | None = None
     _batch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -117,17 +118,21 @@ class Ingestor:
     async def start(self) -> None:
         s = self.settings
         self._producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, enable_idempotence=True,
-                                          acks="all", linger_ms=2)
+                                          acks="all", linger_ms=5, max_batch_size=262144)
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=s.topic("ingestor"), enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=s.ingest_max_batch, isolation_level="read_committed")
         self._consumer.subscribe([self.topic], listener=_FinishBatchFirst(self))
         await self._consumer.start()
-        self._task = asyncio.create_task(self._run(), name="ingestor")
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    @property
+    def name(self) -> str:
+        return "ingestor" if self.lane == 0 else f"ingestor-{self.lane}"
 
     async def _run(self) -> None:
-        loop = health("ingestor")
+        loop = health(self.name)
         while not self._stopping:
             try:
                 batches = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.ingest_max_batch)
@@ -341,7 +346,7 @@ class _FinishBatchFirst(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.ingestor._batch_lock:
-            await self.ingestor._flush(health("ingestor"))
+            await self.ingestor._flush(health(self.ingestor.name))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         pass

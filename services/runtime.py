@@ -76,7 +76,7 @@ class Runtime:
     auth_limiter: FailedAuthLimiter | None = None
     projectors: ProjectorRunner | None = None
     kafka_admin: AIOKafkaAdminClient | None = None
-    ingestor: Ingestor | None = None
+    ingestors: list[Ingestor] = field(default_factory=list)
     relay: Relay | None = None
     sweeper: HoldSweeper | None = None
     webhooks: Subscriptions | None = None
@@ -127,8 +127,10 @@ class Runtime:
             self.relay = Relay(s, self.pool, self.store, self.waker)
             await self.relay.start()
         if "ingestor" in self.components:
-            self.ingestor = Ingestor(s, self.pool, self.handler)
-            await self.ingestor.start()
+            # Several consumers in the group, each with its own partitions (so each routing key's order holds):
+            # while one waits on PostgreSQL or the broker, another decides.
+            self.ingestors = [Ingestor(s, self.pool, self.handler, lane) for lane in range(s.ingest_consumers)]
+            await asyncio.gather(*(ingestor.start() for ingestor in self.ingestors))
         if "gateway" in self.components:
             self._runner = protocol.runner(build_app(self), s.head_timeout_seconds, s.max_connections)
             await self._runner.setup()
@@ -171,9 +173,11 @@ class Runtime:
         def left() -> float:
             return max(0.2, deadline - asyncio.get_running_loop().time())
 
-        if self.ingestor is not None:
-            await _measure_lag(checks, "ingestor", "lag_messages", INGEST_LAG,
-                               lambda: asyncio.wait_for(self.ingestor.lag(), left()))
+        if self.ingestors:
+            async def lag() -> int:
+                return sum(await asyncio.gather(*(ingestor.lag() for ingestor in self.ingestors)))
+
+            await _measure_lag(checks, "ingestor", "lag_messages", INGEST_LAG, lambda: asyncio.wait_for(lag(), left()))
         if self.relay is not None and checks["postgres"]["ok"]:
             await _measure_lag(checks, "relay", "lag_events", RELAY_LAG,
                                lambda: asyncio.wait_for(self.relay.lag(), left()))
@@ -185,8 +189,8 @@ class Runtime:
     async def stop(self) -> None:
         for callback in self._on_stop:
             callback()
-        if self.ingestor is not None:  # first: it finishes and commits the batch in hand
-            await self.ingestor.stop()
+        # first: each finishes and commits the batch in hand
+        await asyncio.gather(*(ingestor.stop() for ingestor in self.ingestors))
         if self.relay is not None:
             await self.relay.stop()
         if self.dispatcher is not None:
