@@ -87,18 +87,14 @@ def inserting(row: tuple[str, ...], replace: str = "", coalesce: str = "", **def
     """What `INSERT (the row's columns but those in defaults) … ON CONFLICT (key)` does: DO NOTHING, or SET
     each `replace` column to the new value and each `coalesce` column to coalesce(new, old)."""
     tail = [defaults[column] for column in row[len(row) - len(defaults):]]
-    replaced, kept = [row.index(c) for c in replace.split()], [row.index(c) for c in coalesce.split()]
+    replaced, kept = [(row.index(c),) * 2 for c in replace.split()], [(row.index(c),) * 2 for c in coalesce.split()]
 
     def fold(rows: dict[Hashable, list], key: Hashable, values: tuple) -> None:
         current = rows.get(key)
         if current is None:
             rows[key] = [*values, *tail]
-            return
-        for i in replaced:
-            current[i] = values[i]
-        for i in kept:
-            if values[i] is not None:
-                current[i] = values[i]
+        else:
+            _set(current, values, replaced, kept)
     return fold
 
 
@@ -110,14 +106,18 @@ def updating(row: tuple[str, ...], columns: str, replace: str = "", coalesce: st
 
     def fold(rows: dict[Hashable, list], key: Hashable, values: tuple) -> None:
         current = rows.get(key)
-        if current is None:
-            return
-        for i, j in replaced:
-            current[i] = values[j]
-        for i, j in kept:
-            if values[j] is not None:
-                current[i] = values[j]
+        if current is not None:
+            _set(current, values, replaced, kept)
     return fold
+
+
+def _set(current: list, values: tuple, replaced: list[tuple[int, int]], kept: list[tuple[int, int]]) -> None:
+    """SET column = new (replaced), column = coalesce(new, column) (kept): (row index, statement index) pairs."""
+    for i, j in replaced:
+        current[i] = values[j]
+    for i, j in kept:
+        if values[j] is not None:
+            current[i] = values[j]
 
 
 def deleting(rows: dict[Hashable, list], key: Hashable, values: tuple) -> None:
@@ -162,7 +162,7 @@ class Load:
         load.seen = {table: set() for table in load.columns}
         return load
 
-    def split(self, writes: Iterable[Write]) -> tuple[dict[str, list[tuple]], list[Statement]]:
+    def split(self, writes: Iterable[Write]) -> tuple[dict[str, list[list]], list[Statement]]:
         """One batch's writes → (rows to COPY per table, statements to run before them)."""
         fresh: dict[str, dict[Hashable, list]] = {table: {} for table in self.columns}
         late = []

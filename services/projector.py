@@ -121,13 +121,13 @@ async def rebuild(pool: asyncpg.Pool, store: EventStore, names: list[str] | None
             [t for p in chosen for t in p.tables])
         for index in lookups:
             await conn.execute(f"DROP INDEX {index['name']}")
-        load_columns = Load.of(chosen).columns
+        load = Load.of(chosen)
         position, events = START, 0
-        async for batch, statements, rows in _projected(pool, store, chosen, gap_safe, batch_size):
+        async for batch, statements, rows in _projected(pool, store, chosen, load, gap_safe, batch_size):
             for statement in statements:
                 await statement.run(conn)
             for table, records in rows.items():
-                await conn.copy_records_to_table(table, records=records, columns=load_columns[table])
+                await conn.copy_records_to_table(table, records=records, columns=load.columns[table])
             events += len(batch)
             position = LogPosition(batch[-1]["transaction_id"], batch[-1]["global_position"])
         await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
@@ -156,14 +156,13 @@ async def _no_cycle_collection():
             gc.enable()
 
 
-async def _projected(pool: asyncpg.Pool, store: EventStore, projectors: list[Projector], gap_safe: bool,
-                     batch_size: int):
-    """The log in batches, each with its statements and its rows to COPY, read and projected on a connection of its own
-    one batch ahead of the writer: PostgreSQL writes a batch while Python reads and projects the next. (The
-    reader starts once the rebuild holds its locks: an event it cannot see yet belongs to a writer that waits
-    on them, and that writer projects it itself after the rebuild commits.)"""
+async def _projected(pool: asyncpg.Pool, store: EventStore, projectors: list[Projector], load: Load,
+                     gap_safe: bool, batch_size: int):
+    """The log in batches, each with its statements and its rows to COPY (`load` splits them), read and
+    projected on a connection of its own one batch ahead of the writer: PostgreSQL writes a batch while Python
+    reads and projects the next. (The reader starts once the rebuild holds its locks: an event it cannot see
+    yet belongs to a writer that waits on them, and that writer projects it itself after the rebuild commits.)"""
     ready: asyncio.Queue = asyncio.Queue(maxsize=1)
-    load = Load.of(projectors)
 
     async def read() -> None:
         position = START
