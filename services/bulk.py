@@ -175,8 +175,6 @@ class _Run:
         day = self._day(placement.stream_id)
         duplicate = self._duplicate(key, None)
         appointment_id = new_appointment_id()
-        if request.get("assigned_doctor"):  # a booking's doctor is only ever the one asked for
-            raise _Stop  # a doctor's time is checked one by one
         events = decisions.decide_create(catalog, day, placement, request, appointment_id, self.now, duplicate)
         self._fold(org, day, events, meta)
         record = day.appointments[appointment_id]
@@ -257,11 +255,11 @@ class _Run:
         new = write_side.rows(after, org, catalog)
         for table, facts in (("booking_keys", self.facts.keys), ("booking_refs", self.facts.refs)):
             if old.get(table) is not None:
-                facts.pop(_factduplicate_key(table, old[table]), None)
+                facts.pop(_fact_key(table, old[table]), None)
             if new.get(table) is not None:
-                facts[_factduplicate_key(table, new[table])] = after.appointment_id
+                facts[_fact_key(table, new[table])] = after.appointment_id
         if new.get("booking_keys") is not None:
-            self.facts.asked.add(_factduplicate_key("booking_keys", new["booking_keys"]))
+            self.facts.asked.add(_fact_key("booking_keys", new["booking_keys"]))
 
     def _answer(self, command: Any, org: str, meta: Meta, outcome: Outcome, day: wd.WindowDay) -> Decided:
         result = pending(meta, outcome, day.version)
@@ -289,7 +287,7 @@ class _Run:
                 answer.outcome.position = answer.outcome.data["position"] = positions[answer.stream_version]
 
 
-def _factduplicate_key(table: str, row: tuple) -> Any:
+def _fact_key(table: str, row: tuple) -> Any:
     """booking_keys rows are (appointment, org, phone, service, date); booking_refs (appointment, org, ref)."""
     if table == "booking_keys":
         return (str(row[1]), row[2], row[3], row[4].isoformat())
