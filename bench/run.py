@@ -279,9 +279,10 @@ def hot_window(clinic: dict, url: str) -> dict:
 
 
 async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Path, profile: Path | None,
-                       pids: tuple[int, int], workers: int = 1) -> dict:
+                       pids: tuple[int, int, int], workers: int = 1) -> dict:
     """`commands` creates over many window-days published first, then an ingestor process started on them;
-    `pids`: PostgreSQL's and the broker's, for the cores each keeps busy meanwhile."""
+    `pids`: PostgreSQL's, the broker's and the running service's (its relay publishes every event the
+    ingestor appends), for the cores each keeps busy meanwhile."""
     topic, results_topic = settings.topic("commands"), settings.topic("command-results")
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, max_batch_size=262144)
     await producer.start()
@@ -310,7 +311,8 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
     await consumer.start()
     ingestor = spawn("ingestor", settings, logs, workers)
     spy = profile_start(ingestor.pid, 900, profile) if profile is not None and workers == 1 else None
-    cpu_before = cpu_snapshot(ingestor.pid, *pids)
+    postgres, kafka, service = pids
+    cpu_before = {**cpu_snapshot(ingestor.pid, postgres, kafka), "relay": _cpu(service)}
     launched = time.perf_counter()
     stamps: list[int] = []
     ok = 0
@@ -323,7 +325,8 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
                         stamps.append(record.timestamp)
                         ok += result["ok"]
         wall = time.perf_counter() - launched
-        cores = cpu_share(cpu_before, cpu_snapshot(ingestor.pid, *pids), wall, 0)
+        cores = cpu_share(cpu_before, {**cpu_snapshot(ingestor.pid, postgres, kafka), "relay": _cpu(service)},
+                          wall, 0)
         cores["ingestor"] = cores.pop("service")
         del cores["loadgen"]
     finally:
@@ -543,7 +546,7 @@ async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka
         for workers in ((1, 2) if "kafka" in phases else ()):
             report["kafka_ingest"].append(await kafka_ingest(
                 settings, clinic, kafka_commands, logs, OUT / f"profile-ingestor-{stamp}.txt" if profile else None,
-                (pg.process.pid, kafka.process.pid), workers))
+                (pg.process.pid, kafka.process.pid, service.pid), workers))
             log(f"kafka-ingest, {workers} worker(s): {report['kafka_ingest'][-1]}")
         stop(service)
         service = None

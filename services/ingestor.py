@@ -118,7 +118,7 @@ class Ingestor:
     async def start(self) -> None:
         s = self.settings
         self._producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, enable_idempotence=True,
-                                          acks="all", linger_ms=5, max_batch_size=262144)
+                                          acks="all", linger_ms=5, max_batch_size=1_000_000)
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=s.topic("ingestor"), enable_auto_commit=False,

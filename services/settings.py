@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     command_retries: int = 8
     ingest_max_batch: int = 2000  # Kafka commands the ingestor fetches and decides together, at most
     ingest_consumers: int = 2  # consumers per process (each its own partitions): one decides while another waits
+    relay_batch: int = 2000  # events the relay publishes per produce round and checkpoint, at most
     poll_interval_seconds: float = 1.0
     sweep_interval_seconds: float = 1.0  # how often expired holds are recorded and expired offers passed on
     webhooks_allow_private: bool = False  # endpoints on loopback/private addresses, and http to them

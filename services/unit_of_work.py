@@ -145,9 +145,10 @@ class UnitOfWork:
         cached = self._catalogs.get(org_id)
         if cached and cached[0] == version:
             return cached[1]
-        rows = await conn.fetch(
-            "SELECT stream_id, stream_version, event_type, data FROM events"
-            " WHERE org_id = $1 AND stream_id NOT LIKE 'wd-%' ORDER BY global_position", uuid.UUID(org_id))
+        rows = await conn.fetch(  # the configuration streams, through events_org_config (same predicate)
+            "SELECT stream_id, stream_version, event_type, data FROM events WHERE org_id = $1"
+            " AND stream_id NOT LIKE 'wd-%' AND stream_id NOT LIKE 'patient-%' ORDER BY global_position",
+            uuid.UUID(org_id))
         catalog = cat.Catalog(org_id=org_id)
         versions: dict[str, int] = {}
         for row in rows:

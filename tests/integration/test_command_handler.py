@@ -109,3 +109,18 @@ async def test_a_kafka_command_has_one_effect_and_its_result_is_stored_with_its_
     assert sorted(e["event_type"] for e in events) == ["appointment.booked", "patient.registered"]
     assert result["position"] == result["data"]["position"] == outcome.position
     assert result["data"]["appointment_id"] == outcome.data["appointment_id"] and result["status"] == 201
+
+
+async def test_loading_a_configuration_reads_its_configuration_streams_and_no_patients(pool, store):
+    handler = CommandHandler(pool, store)
+    org_id = await clinic(handler, max_slots=5)
+    for phone in ("+41", "+42", "+43"):
+        await handler.create_appointment(org_id, create_body(at("09:30"), phone), Meta())
+    async with pool.acquire() as conn:
+        patient_streams = [r["stream_id"] for r in await conn.fetch(
+            "SELECT stream_id FROM events WHERE org_id = $1 AND stream_id LIKE 'patient-%'", uuid.UUID(org_id))]
+        fresh = CommandHandler(pool, store)  # another process: nothing cached
+        _, catalog = await fresh.uow.catalog(org_id, conn)
+    assert len(patient_streams) == 3
+    assert len(catalog.windows) == 14 and fresh.uow.catalog_stream_version(org_id, f"org-{org_id}") >= 1
+    assert [fresh.uow.catalog_stream_version(org_id, s) for s in patient_streams] == [0, 0, 0]
