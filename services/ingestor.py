@@ -33,6 +33,7 @@ from services.command_results import CommandAlreadyApplied
 from services.bulk import BulkDecider, Decided
 from services.handler import CommandHandler
 from services.outcome import Meta
+from services.produce import produce
 from services.logs import log
 from services.loops import health
 from services.store.pool import DATABASE_UNAVAILABLE
@@ -314,8 +315,9 @@ class Ingestor:
             item.result = answers.get(item.command.command_id, item.result)
 
     async def _publish(self, items: list[_Item]) -> None:
+        """Dead letters and results, acknowledged by the broker before the offsets move."""
         s = self.settings
-        sends = []
+        dead, results = [], []
         for item in items:
             record = item.record
             if item.dead is not None:
@@ -328,13 +330,11 @@ class Ingestor:
                     ("dlq.offset", str(record.offset).encode())]
                 if item.dead.command_id:
                     headers.append(("dlq.command_id", item.dead.command_id.encode()))
-                sends.append(await self._producer.send(s.topic("commands.dlq"), value=record.value, key=record.key,
-                                                       headers=headers))
+                dead.append((record.key, record.value, headers))
             if item.result is not None:
-                sends.append(await self._producer.send(
-                    s.topic("command-results"), value=orjson.dumps(item.result),
-                    key=str(item.result["command_id"]).encode()))
-        await asyncio.gather(*sends)  # acknowledged by the broker before the offsets move
+                results.append((str(item.result["command_id"]).encode(), orjson.dumps(item.result), []))
+        await asyncio.gather(*(produce(self._producer, s.topic(topic), messages) for topic, messages in
+                               (("commands.dlq", dead), ("command-results", results)) if messages))
 
 
 class _FinishBatchFirst(ConsumerRebalanceListener):

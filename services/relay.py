@@ -20,6 +20,7 @@ from schemas.events import cloud_type
 from schemas.export import schema_url
 from services.aio import cancel_all
 from services.loops import health
+from services.produce import produce
 from services.settings import Settings
 from services.store.eventstore import EventStore, LogWaker, StoredEvent, load_checkpoint, save_checkpoint, wait_flag
 
@@ -114,9 +115,7 @@ class Relay:
             batch = await self.store.read_log(await load_checkpoint(conn, CHECKPOINT), self.batch_size, conn)
             if not batch:
                 return 0
-            sends = [await self._producer.send(topic, value=orjson.dumps(cloud_event(e)), key=message_key(e))
-                     for e in batch]
-            await asyncio.gather(*sends)
+            await produce(self._producer, topic, ((message_key(e), orjson.dumps(cloud_event(e)), []) for e in batch))
             await save_checkpoint(conn, CHECKPOINT, batch[-1].log_position)
         RELAYED.inc(len(batch))
         return len(batch)

@@ -1,12 +1,15 @@
-"""The hot paths' shortcuts hold to what they shortcut: a Kafka result body to its model, and the screen of
-decoded JSON to the full walk."""
+"""The hot paths' shortcuts hold to what they shortcut: a Kafka result body to its model, the screen of
+decoded JSON to the full walk, and the producer's partitioning to Kafka's default partitioner."""
 import json
+import os
 import uuid
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner, murmur2 as aiokafka_murmur2
 
 from schemas.kafka import CommandResult
 from schemas.text import BadInput, check_decoded, check_json
+from services.produce import murmur2, partition_of
 
 
 @pytest.mark.parametrize("idempotent", [False, True])
@@ -47,3 +50,12 @@ def test_the_screen_refuses_exactly_what_the_walk_refuses(raw):
     assert verdict(lambda: check_decoded(raw, value)) == walked
     assert verdict(lambda: check_decoded(raw.decode("utf-8", "surrogatepass"), value)) == walked
     assert (walked is None) == (raw in GOOD)
+
+
+def test_messages_land_on_the_partition_kafkas_default_partitioner_picks():
+    keys = [os.urandom(n) for n in range(64) for _ in range(50)] + [b"appt_0123456789", str(uuid.uuid4()).encode()]
+    assert [murmur2(k) for k in keys] == [aiokafka_murmur2(k) for k in keys]
+    for count in (1, 4, 7):
+        partitions = list(range(count))
+        assert [partition_of(k, partitions) for k in keys] == [DefaultPartitioner()(k, partitions, partitions)
+                                                                for k in keys]
