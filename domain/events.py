@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -14,7 +15,12 @@ class Event:
     def data(self) -> dict[str, Any]:
         # Shallow: the fields are JSON-native and an event is never changed once made (it is frozen, and those
         # who fold it copy what they keep), so asdict's deep copy would only cost time on every write.
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in _field_names(type(self))}
+
+
+@functools.cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(kind))
 
 
 # -- configuration streams: org-<id>, service-<id>, branch-<id>, window-<id> ----------------------------

@@ -43,7 +43,7 @@ def patient_id(org_id: str, phone: str, name: str, region: str | None = None) ->
     """`pat_` + 10 lowercase letters and digits, stable for one org, phone (E.164) and name (case and spaces
     ignored)."""
     digest = hashlib.sha256(f"{org_id}|{phone_key(phone, region)}|{name_key(name)}".encode()).digest()
-    return "pat_" + base64.b32encode(digest).decode()[:10].lower()
+    return "pat_" + base64.b32encode(digest[:10]).decode()[:10].lower()  # the first 80 bits make these 10
 
 
 def registration(booked: "AppointmentBooked") -> "PatientRegistered":

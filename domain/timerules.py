@@ -32,7 +32,7 @@ def parse_instant(value: str, field: str = "appointment_date") -> datetime:
 
 def iso_utc(moment: datetime) -> str:
     """The seeds' format: 2026-06-15T09:30:00.000Z."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"  # "+00:00" → "Z"
 
 
 def zone(name: str) -> ZoneInfo:

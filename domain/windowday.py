@@ -7,6 +7,7 @@ them race-free.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -58,7 +59,7 @@ class Placement:
     start: datetime
     local_date: date
 
-    @property
+    @functools.cached_property  # asked many times per decision
     def stream_id(self) -> str:
         return stream_id(self.window.window_id, self.local_date)
 
@@ -80,7 +81,7 @@ class WindowDay:
     _holders: dict[tuple[str, str], set[str]] = field(default_factory=dict, repr=False, compare=False)
     _active: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
-    @property
+    @functools.cached_property  # asked many times per decision; window and date never change
     def stream_id(self) -> str:
         return stream_id(self.window_id, self.date)
 
