@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 import asyncpg
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from domain import catalog as cat
 from domain import decisions
@@ -45,6 +45,8 @@ TRUST_AFTER = 50
 GROUPS_IN_FLIGHT = 2  # per org and process: one commits while the next is decided
 BATCH_SIZE = Histogram("slotledger_booking_group_size", "Creates decided and committed together",
                        buckets=(1, 2, 5, 10, 20, 50, 100, 200))
+LOST_RACES = Counter("slotledger_booking_group_lost_races_total",
+                     "Groups of creates whose commit lost a race with another process, decided again")
 
 Key = tuple[str, str, str]  # phone (as compared), service, local date: the duplicate rule within one org
 
@@ -142,6 +144,7 @@ class BookingBatcher:
                     decided = await self._attempt(conn, org_id, leader.catalog, leader.version,
                                                   [group[i] for i in mine], streams, verify)
                 except (Conflict, CommandAlreadyApplied):
+                    LOST_RACES.inc()
                     self.trusting = 0
                     continue  # evicted: decided once more from the log; then each alone, carefully
                 for i, answer in zip(mine, decided):
@@ -151,8 +154,20 @@ class BookingBatcher:
 
     async def _attempt(self, conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, version: int,
                        group: list[_Create], streams: list[str], verify: bool) -> list[Any]:
+        if not verify:
+            return await self._decide(conn, org_id, catalog, version, group, streams, verify)
+        # Another process writes these window-days too: hold their rows (in order, so two groups never wait on
+        # each other) while deciding, so the group is decided on what the log holds and its commit cannot lose
+        # the race, where deciding and losing would cost a whole group's work (with two workers, most groups).
+        async with conn.transaction():
+            answers = await self._decide(conn, org_id, catalog, version, group, streams, verify)
+        self.uow.store.announce()  # committed only now: wake the log's readers again
+        return answers
+
+    async def _decide(self, conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, version: int,
+                      group: list[_Create], streams: list[str], verify: bool) -> list[Any]:
         cached = {s: day.version for s in streams if verify and (day := self.uow.cached_day(s)) is not None}
-        days = await self.uow.days(conn, {s: catalog for s in streams}, verify)
+        days = await self.uow.days(conn, {s: catalog for s in streams}, verify, hold=verify)
         if verify:  # the cache is trusted again once verifying finds it current, time after time
             behind = any(days[s].version > v for s, v in cached.items())
             self.trusting = 0 if behind else self.trusting + 1

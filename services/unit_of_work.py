@@ -175,11 +175,12 @@ class UnitOfWork:
         return self._remember(day)
 
     async def days(self, conn: asyncpg.Connection, wanted: dict[str, cat.Catalog],
-                   verify: bool = True) -> dict[str, wd.WindowDay]:
+                   verify: bool = True, hold: bool = False) -> dict[str, wd.WindowDay]:
         """Many window-days (stream id → its org's catalog) as the log has them: one query for their versions,
         one for the events the cache has not seen (a cached day behind the log takes only the events after its
         version). `verify=False`: cached days are taken as they are (an append's expected version checks them
-        anyway), and only days not cached are read."""
+        anyway), and only days not cached are read. `hold`: the versions query also locks the days' rows (in
+        order) until the caller's transaction ends, so no other process moves them meanwhile."""
         out: dict[str, wd.WindowDay] = {}
         for stream, catalog in wanted.items():
             day = self._days.get(stream)
@@ -188,8 +189,8 @@ class UnitOfWork:
             out[stream] = day
         asked = list(out) if verify else [s for s, day in out.items() if self._days.get(s) is not day]
         if asked:
-            versions = await conn.fetch("SELECT stream_id, version FROM streams WHERE stream_id = ANY($1::text[])",
-                                        asked)
+            versions = await conn.fetch("SELECT stream_id, version FROM streams WHERE stream_id = ANY($1::text[])"
+                                        + (" ORDER BY stream_id FOR UPDATE" if hold else ""), asked)
             # Each missing event by its key, (stream, version): a unique-key probe whatever the statistics say
             # (a join on the stream alone may be planned as a scan of the whole log while the table is young).
             missing = [(stream, v) for stream, version in versions for v in range(out[stream].version + 1, version + 1)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from services.booking_batch import BATCH_SIZE
+from services.booking_batch import BATCH_SIZE, LOST_RACES
 from tests.builders import create_body
 from tests.e2e.conftest import local_at, local_date, new_org, setup_clinic
 
@@ -15,6 +15,10 @@ def batches() -> tuple[float, float]:
     """(groups, creates) decided so far in this process."""
     samples = {s.name: s.value for s in BATCH_SIZE.collect()[0].samples}
     return samples["slotledger_booking_group_size_count"], samples["slotledger_booking_group_size_sum"]
+
+
+def lost_races() -> float:
+    return next(s.value for s in LOST_RACES.collect()[0].samples if s.name.endswith("_total"))
 
 
 async def _warm(api) -> None:
@@ -171,3 +175,31 @@ async def test_a_window_day_another_process_filled_is_not_overbooked_and_the_cac
                                                           "parent_phone": f"+1557{i:07d}"}, Meta())
         assert outcome.status == 201
     assert a.batcher.trusting >= TRUST_AFTER
+
+
+async def test_two_processes_writing_one_window_day_wait_for_each_other_instead_of_losing_races(runtime, http):
+    """Two handlers on one database are two processes, each checking its cache (as once it has seen another
+    writer). Their groups on the same window-days hold those days while deciding: the second waits for the
+    first, decides on what it wrote, and never loses a race (nor the work of a whole group)."""
+    from services.handler import CommandHandler
+    from services.outcome import Meta
+
+    api = await setup_clinic(await new_org(runtime, http), max_slots=40)
+    a, b = runtime.handler, CommandHandler(runtime.pool, runtime.store)
+    request = {"appointment_type": "General Checkup", "patient_name": "P", "branch_id": None, "session": None,
+               "batch": None, "assigned_doctor": None, "external_reference_id": None, "notes": None, "reason": None,
+               "duration_minutes": None}
+    days = [local_at(api, 10 + d, "09:00") for d in range(3)]
+    for h, handler in enumerate((a, b)):  # both have the days cached, and both distrust their caches
+        for n, when in enumerate(days):
+            await handler.create_appointment(api.org_id, {**request, "appointment_date": when,
+                                                          "parent_phone": f"+1558{h}{n:05d}"}, Meta())
+        handler.batcher.trusting = 0
+    lost = lost_races()
+    outcomes = await asyncio.gather(*(handler.create_appointment(api.org_id, {
+        **request, "appointment_date": days[i % 3], "parent_phone": f"+1559{h}{i:05d}"}, Meta())
+        for i in range(12) for h, handler in enumerate((a, b))))
+    assert [o.status for o in outcomes] == [201] * 24
+    assert lost_races() == lost
+    status, body = await api.get(f"/v1/appointment-slots/availability?date={local_date(api, 10)}")
+    assert [row["booked"] for row in body["data"] if row["session"] == "Morning"] == [2 + 8]
