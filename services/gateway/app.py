@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import uuid
@@ -183,6 +184,8 @@ _UNAVAILABLE = _Throttled()
 
 def _endpoint(route: Route):
     errors = saludya.error_response if route.style == "saludya" else error_response
+    latency = LATENCY.labels(route.path)  # the route's metric children, looked up once, not per request
+    counted = functools.cache(lambda status: REQUESTS.labels(route.path, str(status)))
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
         backend = request.app[BACKEND]
@@ -215,8 +218,8 @@ def _endpoint(route: Route):
             return errors(503, "SERVICE_UNAVAILABLE", "the database is unavailable; retry shortly", {},
                           None, {"Retry-After": "1"})
         finally:
-            REQUESTS.labels(route.path, str(status)).inc()
-            LATENCY.labels(route.path).observe(time.perf_counter() - started)
+            counted(status).inc()
+            latency.observe(time.perf_counter() - started)
 
     return endpoint
 
@@ -239,6 +242,8 @@ async def _authorise(request: web.Request, backend: Backend, route: Route):
 
 
 async def _json_body(request: web.Request, backend: Backend) -> Any:
+    if request.content.is_eof():  # the whole body is here already (the usual case): nothing to wait for
+        return inputs.parse_json(await request.read())
     try:
         async with asyncio.timeout(backend.settings.body_timeout_seconds):  # a slow body is cut off
             raw = await request.read()
