@@ -22,10 +22,32 @@ if TYPE_CHECKING:
 _SEPARATORS = re.compile(r"[\s\-().]")
 
 
-@functools.lru_cache(maxsize=65536)  # parsing costs tens of microseconds; a day's phones repeat
+_LEARNT: dict[str, str] = {}  # "+<digit>…" phone as sent → its key, as a booking recorded it
+_LEARNT_MAX = 65536
+
+
 def phone_key(phone: str, region: str | None = None) -> str:
     """The phone as compared: E.164 when it parses as a possible number, else its characters without
     separators (an unparseable number still matches itself however it is spaced)."""
+    learnt = _LEARNT.get(phone)
+    return learnt if learnt is not None else _parsed_key(phone, region)
+
+
+def learn(phone: str, key: str) -> None:
+    """What a booking recorded as its phone's key (AppointmentBooked.phone_e164), kept so that loading a
+    window-day from the log does not parse every phone in it again. Only a phone written with its country code
+    ("+" and a digit other than 0), whose key does not depend on the org's region."""
+    if phone[:1] == "+" and phone[1:2] in _COUNTRY_DIGITS and phone not in _LEARNT:
+        if len(_LEARNT) >= _LEARNT_MAX:
+            del _LEARNT[next(iter(_LEARNT))]  # the oldest
+        _LEARNT[phone] = key
+
+
+_COUNTRY_DIGITS = frozenset("123456789")
+
+
+@functools.lru_cache(maxsize=65536)  # parsing costs tens of microseconds; a day's phones repeat
+def _parsed_key(phone: str, region: str | None) -> str:
     try:
         number = phonenumbers.parse(phone, region)
     except phonenumbers.NumberParseException:

@@ -89,6 +89,8 @@ class WindowDay:
         match event:
             case ev.AppointmentBooked() | ev.AppointmentRescheduled():
                 record = Appointment.from_dict(event.appointment)
+                if getattr(event, "phone_e164", None):  # indexing it below need not parse the phone again
+                    patients.learn(record.parent_phone, event.phone_e164)
                 self._unindex(self.appointments.get(record.appointment_id))
                 self.appointments[record.appointment_id] = record
                 self._index(record)

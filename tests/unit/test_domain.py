@@ -165,6 +165,27 @@ def test_duplicate_phone_type_and_date_is_refused_with_the_existing_id():
     world.create(request("2026-03-05T09:45:00Z", phone="+919840000001"))  # other date
 
 
+def test_a_window_day_read_back_from_its_events_knows_its_phones_without_parsing_them_again():
+    from domain import patients
+
+    catalog, events, day = make_catalog(), [], None
+    for n, phone in enumerate(("+91 98400 77001", "+0044 20 7946 0958")):  # "+0": its key depends on the region
+        req = request(f"2026-03-04T09:{30 + n * 15}:00Z", phone=phone)
+        placement = decisions.plan_create(catalog, req, NOW)
+        day = day or wd.WindowDay(placement.window.window_id, placement.local_date.isoformat())
+        for event in decisions.decide_create(catalog, day, placement, req, f"appt_{n:010d}", NOW, None):
+            day.apply(event)
+            events.append(event)
+    patients._LEARNT.clear()
+    patients._parsed_key.cache_clear()
+    replayed = wd.WindowDay(day.window_id, day.date, phone_region="IN")
+    replayed.fold(events)
+    assert patients._parsed_key.cache_info().misses == 1  # only the "+0…" phone was parsed
+    service = day.appointments["appt_0000000000"].appointment_type
+    assert replayed.duplicate_of("+919840077001", service) == "appt_0000000000"  # however it is spaced
+    assert patients.phone_key("+91 98400 77001", "US") == patients._parsed_key("+91 98400 77001", None)
+
+
 def test_duplicate_rule_can_be_turned_off():
     world = World(make_catalog(prevent_duplicate_bookings=False))
     world.create(request("2026-03-04T09:30:00Z"))
