@@ -69,16 +69,19 @@ def draw(report: dict, stem: Path) -> list[Path]:
         axis.grid(alpha=0.3)
         save(fig, "kafka")
 
-    hooks = report.get("webhooks") or {}
-    if hooks.get("lag_over_time"):
-        fig, axis = plt.subplots(figsize=(8, 4))
-        series = hooks["lag_over_time"]
-        axis.plot([t for t, _ in series], [lag for _, lag in series], ".", markersize=2)
-        axis.set_xlabel("seconds since the first delivery")
-        axis.set_ylabel("commit → receipt, ms")
-        axis.set_title(f"webhook delivery lag under http-spread 16 (p99 {hooks['lag_ms']['p99']} ms)", fontsize=9)
-        axis.grid(alpha=0.3)
-        save(fig, "webhook-lag")
+    for name, lags, title in (
+            ("webhook-lag", report.get("webhooks") or {}, "webhook delivery lag under http-spread 16"),
+            ("relay-lag", next((s["relay_lag"] for s in report.get("http_spread", []) if "relay_lag" in s), {}),
+             "relay lag (commit → on the events topic) under http-spread 64, 1 worker")):
+        if lags.get("lag_over_time"):
+            fig, axis = plt.subplots(figsize=(8, 4))
+            series = lags["lag_over_time"]
+            axis.plot([t for t, _ in series], [lag for _, lag in series], ".", markersize=2)
+            axis.set_xlabel("seconds since the first receipt")
+            axis.set_ylabel("commit → receipt, ms")
+            axis.set_title(f"{title} (p99 {lags['lag_ms']['p99']} ms)", fontsize=9)
+            axis.grid(alpha=0.3)
+            save(fig, name)
     return written
 
 

@@ -1,5 +1,7 @@
-"""A webhook receiver for the bench, on its own thread and event loop (the bench's own loop blocks while the load
-generator runs): records, per delivery, the time from the event's commit to its receipt."""
+"""What the service sends, received for the bench on a thread and event loop of its own (the bench's own loop
+blocks while the load generator runs): webhook deliveries (LagReceiver) and the relay's CloudEvents on the events
+topic (RelayLagReader). Each records, per event, the time from its commit (the event's `time`, when its
+transaction wrote it) to its receipt."""
 from __future__ import annotations
 
 import asyncio
@@ -8,46 +10,25 @@ import json
 import threading
 import time
 
+import orjson
 from aiohttp import web
+from aiokafka import AIOKafkaConsumer
 
 
-class LagReceiver:
+class _Lags:
     def __init__(self) -> None:
         self.lags_ms: list[float] = []
         self.received_at: list[float] = []  # monotonic seconds, one per entry of lags_ms
         self.ids: set[str] = set()
         self.last_receipt = 0.0
-        self.url = ""
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._serve, daemon=True, name="webhook-receiver")
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        event = json.loads(await request.read())
+    def received(self, event: dict) -> None:
         if event["id"] not in self.ids:  # at-least-once: the first receipt counts
             self.ids.add(event["id"])
             sent = dt.datetime.fromisoformat(event["time"])
             self.lags_ms.append((dt.datetime.now(dt.timezone.utc) - sent).total_seconds() * 1000)
             self.received_at.append(time.monotonic())
         self.last_receipt = time.monotonic()
-        return web.Response(status=204)
-
-    def _serve(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        app = web.Application()
-        app.router.add_post("/hook", self._handle)
-        runner = web.AppRunner(app, access_log=None)
-        self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-        self._ready.set()
-        self._loop.run_forever()
-
-    def start(self) -> "LagReceiver":
-        self._thread.start()
-        self._ready.wait(10)
-        return self
 
     def wait_quiet(self, quiet: float = 3.0, at_most: float = 120.0) -> None:
         """Until no delivery arrived for `quiet` seconds (the backlog drained)."""
@@ -67,3 +48,74 @@ class LagReceiver:
                   for t, lag in zip(self.received_at[::step], self.lags_ms[::step])]
         return {"deliveries": len(lags), "lag_ms": {"p50": pct(50), "p99": pct(99), "max": pct(100)},
                 "lag_over_time": series}
+
+
+class RelayLagReader(_Lags):
+    """Reads the events topic from its end as the load starts, with a short fetch wait (so the wait is not
+    what is measured)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__()
+        self.bootstrap, self.topic = bootstrap, topic
+        self._ready = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._read()), daemon=True, name="relay-lag")
+
+    async def _read(self) -> None:
+        consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap, auto_offset_reset="latest",
+                                    enable_auto_commit=False, fetch_max_wait_ms=5)
+        await consumer.start()
+        try:
+            while not consumer.assignment():
+                await consumer.getmany(timeout_ms=100)
+            for tp in consumer.assignment():
+                await consumer.position(tp)  # at the end now: only what the load writes is counted
+            self._ready.set()
+            while not self._stopping:
+                for records in (await consumer.getmany(timeout_ms=100, max_records=5000)).values():
+                    for record in records:
+                        self.received(orjson.loads(record.value))
+        finally:
+            await consumer.stop()
+
+    def start(self) -> "RelayLagReader":
+        self._thread.start()
+        self._ready.wait(30)
+        return self
+
+    def stop(self, quiet: float = 2.0, at_most: float = 60.0) -> dict:
+        """After the load: until nothing arrived for `quiet` seconds (the relay caught up), then the summary."""
+        self.wait_quiet(quiet, at_most)
+        self._stopping = True
+        self._thread.join(10)
+        return self.summary()
+
+
+class LagReceiver(_Lags):
+    def __init__(self) -> None:
+        super().__init__()
+        self.url = ""
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="webhook-receiver")
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.received(json.loads(await request.read()))
+        return web.Response(status=204)
+
+    def _serve(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        runner = web.AppRunner(app, access_log=None)
+        self._loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+        self._ready.set()
+        self._loop.run_forever()
+
+    def start(self) -> "LagReceiver":
+        self._thread.start()
+        self._ready.wait(10)
+        return self

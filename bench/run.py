@@ -38,7 +38,7 @@ from services.local.kafka import KAFKA_VERSION, LocalKafka
 from services.local.ports import free_port
 from services.local.postgres import LocalPostgres, bin_dir
 from bench import plots
-from bench.receiver import LagReceiver
+from bench.receiver import LagReceiver, RelayLagReader
 from services.projector import rebuild
 from services.dispatcher import CHECKPOINT as DISPATCHER_CHECKPOINT
 from services.runtime import Runtime
@@ -438,6 +438,10 @@ def table(report: dict) -> str:
         row(f"read-after-write misses during {k} clients", f"{s.get('read_after_write_misses', 0)} of {lag['samples']}",
             None, "0")
         row("  create response → GET answered 200, p50/p99 ms", f"{lag['p50']}/{lag['p99']}")
+        if "relay_lag" in s:
+            relay = s["relay_lag"]
+            row(f"  relay: {relay['deliveries']:,} events, commit → on topic p50/p99/max ms",
+                "/".join(str(relay["lag_ms"][p]) for p in ("p50", "p99", "max")), None, "p99 < 250 ms")
     w = report.get("webhooks")
     if w:
         row(f"webhooks: {w['deliveries']:,} of {w['creates']:,} bookings delivered", f"{w['creates_per_s']:,.0f}/s")
@@ -516,6 +520,10 @@ async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka
             for clients in (4, 16, 64):
                 raw = OUT / f"profile-{stamp}.txt"
                 spy = profile_start(service.pid, seconds, raw) if profile and clients == 64 and workers == 1 else None
+                # The relay's lag (commit → on the events topic) under the heaviest load, with the relay in the
+                # service process as deployed.
+                relay = RelayLagReader(kafka.bootstrap, settings.topic("events")).start() \
+                    if clients == 64 and workers == 1 else None
                 cpu_before = cpu_snapshot(service.pid, pg.process.pid, kafka.process.pid)
                 result = loadgen("spread", "--url", url, "--key", clinic["key"], "--clients", str(clients),
                                  "--seconds", str(seconds), "--days", str(SPREAD_DAYS), "--lag-every", "50")
@@ -523,6 +531,8 @@ async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka
                                                                           kafka.process.pid),
                                                  result["seconds"], result["loadgen_cpu_seconds"])
                 result["workers"] = workers
+                if relay is not None:
+                    result["relay_lag"] = relay.stop()
                 report["http_spread"].append(result)
                 log(f"http-spread {clients} clients, {workers} worker(s): {result['creates_per_s']:,.0f} creates/s, "
                     f"p99 {result['latency_ms']['p99']} ms")
