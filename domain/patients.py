@@ -11,7 +11,7 @@ import base64
 import functools
 import hashlib
 import re
-
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import phonenumbers
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 _SEPARATORS = re.compile(r"[\s\-().]")
 
 
-_LEARNT: dict[str, str] = {}  # "+<digit>…" phone as sent → its key, as a booking recorded it
+_LEARNT: OrderedDict[str, str] = OrderedDict()  # "+<digit>…" phone as sent → its key, as a booking recorded it
 _LEARNT_MAX = 65536
 
 
@@ -39,7 +39,7 @@ def learn(phone: str, key: str) -> None:
     ("+" and a digit other than 0), whose key does not depend on the org's region."""
     if phone[:1] == "+" and phone[1:2] in _COUNTRY_DIGITS and phone not in _LEARNT:
         if len(_LEARNT) >= _LEARNT_MAX:
-            del _LEARNT[next(iter(_LEARNT))]  # the oldest
+            _LEARNT.popitem(last=False)  # the oldest (O(1); deleting a plain dict's first key is not)
         _LEARNT[phone] = key
 
 
