@@ -119,7 +119,7 @@ class Ingestor:
     async def start(self) -> None:
         s = self.settings
         self._producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, enable_idempotence=True,
-                                          acks="all", linger_ms=5, max_batch_size=1_000_000)
+                                          acks="all", linger_ms=0, max_batch_size=1_000_000)
         await self._producer.start()
         # A consumer learns that the group is rebalancing (another consumer joined or left) from its next
         # heartbeat: every 500 ms rather than aiokafka's 3 s, which stalled the whole group that long each time.

@@ -1,6 +1,7 @@
 """Producing many messages at once: each goes straight into its partition's batch, partitioned as Kafka's
 default partitioner does (murmur2 of the key), and the batches are sent whole, so a burst of thousands of
 messages costs no future, partitioner call or accumulator step per message (the relay's CPU per event halved).
+The producers using it linger 0 ms: their batches are complete when handed over.
 """
 from __future__ import annotations
 
@@ -59,13 +60,14 @@ async def produce(producer: AIOKafkaProducer, topic: str, messages: Iterable[Mes
         partition = partition_of(key, partitions)
         batch = open_batches.get(partition)
         if batch is None or batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-            if batch is not None:  # full: it goes now, and a new one starts
+            if batch is not None:  # full (the builder closed it): it goes now, and a new one starts
                 sends.append(await producer.send_batch(batch, topic, partition=partition))
             batch = open_batches[partition] = producer.create_batch()
             if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 raise ValueError(f"a message of {len(value or b'')} bytes does not fit in a batch")
         count += 1
     for partition, batch in open_batches.items():
+        batch.close()  # complete: sent at once, not after the producer's linger
         sends.append(await producer.send_batch(batch, topic, partition=partition))
     await asyncio.gather(*sends)
     return count

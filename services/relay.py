@@ -74,7 +74,7 @@ class Relay:
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, enable_idempotence=True,
-                                          acks="all", linger_ms=5, max_batch_size=1_000_000)
+                                          acks="all", linger_ms=0, max_batch_size=1_000_000)
         await self._producer.start()
         self._task = asyncio.create_task(self._run(), name="relay")
 
