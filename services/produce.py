@@ -12,7 +12,8 @@ from typing import Iterable, Sequence
 
 from aiokafka import AIOKafkaProducer
 
-Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # key, value, headers (a list, as the builder wants)
+# key, value, headers (a list, as the batch builder wants one)
+Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 
 
 _M = 0x5BD1E995
