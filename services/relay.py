@@ -68,7 +68,6 @@ class Relay:
     pool: asyncpg.Pool
     store: EventStore
     waker: LogWaker
-    batch_size: int = 2000
     _producer: AIOKafkaProducer | None = None
     _task: asyncio.Task | None = None
 
@@ -112,7 +111,8 @@ class Relay:
         async with self.pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", zlib.crc32(CHECKPOINT.encode())):
                 return 0  # another relay holds the log; wait for the next wake-up
-            batch = await self.store.read_log(await load_checkpoint(conn, CHECKPOINT), self.batch_size, conn)
+            after = await load_checkpoint(conn, CHECKPOINT)
+            batch = await self.store.read_log(after, self.settings.relay_batch, conn)
             if not batch:
                 return 0
             await produce(self._producer, topic, ((message_key(e), orjson.dumps(cloud_event(e)), []) for e in batch))

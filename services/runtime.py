@@ -124,7 +124,7 @@ class Runtime:
             if kafka_parts:
                 await ensure_topics(self.kafka_admin, s)
         if "relay" in self.components:
-            self.relay = Relay(s, self.pool, self.store, self.waker, batch_size=s.relay_batch)
+            self.relay = Relay(s, self.pool, self.store, self.waker)
             await self.relay.start()
         if "ingestor" in self.components:
             # Several consumers in the group, each with its own partitions (so each routing key's order holds):
