@@ -159,8 +159,12 @@ class BookingBatcher:
         # Another process writes these window-days too: hold their rows (in order, so two groups never wait on
         # each other) while deciding, so the group is decided on what the log holds and its commit cannot lose
         # the race, where deciding and losing would cost a whole group's work (with two workers, most groups).
-        async with conn.transaction():
-            answers = await self._decide(conn, org_id, catalog, version, group, streams, verify)
+        try:
+            async with conn.transaction():
+                answers = await self._decide(conn, org_id, catalog, version, group, streams, verify)
+        except BaseException:  # rolled back: the bookings folded into the cached days never happened
+            self.uow.evict(*streams)
+            raise
         self.uow.store.announce()  # committed only now: wake the log's readers again
         return answers
 

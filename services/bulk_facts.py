@@ -98,7 +98,8 @@ async def load_days(uow: UnitOfWork, conn: asyncpg.Connection, facts: Facts, str
         if org is not None:
             wanted[stream] = facts.catalogs[org][1]
     if wanted:
-        facts.days.update(await uow.days(conn, wanted))
+        # Outside the days' locks: cached days as they are (the run catches them up under its locks).
+        facts.days.update(await uow.days(conn, wanted, verify=False))
 
 def org_of_stream(stream: str, facts: Facts) -> str | None:
     window_id, _ = wd.split_stream_id(stream)

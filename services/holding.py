@@ -4,6 +4,7 @@ place in the very commit that frees it.
 """
 from __future__ import annotations
 
+import copy
 import uuid
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -38,7 +39,8 @@ class Holding:
             return by_stream
         settled = holds.settle(catalog, days, by_stream, now)
         for stream in sorted(settled.elsewhere):
-            day = await self.uow.fresh_day(stream, conn, catalog)
+            # A copy: this command does not hold that day's lock, and only its lock holder changes a cached day.
+            day = copy.deepcopy(await self.uow.fresh_day(stream, conn, catalog))
             left = holds.let_go(day, settled.offered)
             if left:
                 days[stream] = day

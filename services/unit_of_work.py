@@ -177,17 +177,22 @@ class UnitOfWork:
     async def days(self, conn: asyncpg.Connection, wanted: dict[str, cat.Catalog],
                    verify: bool = True, hold: bool = False) -> dict[str, wd.WindowDay]:
         """Many window-days (stream id → its org's catalog) as the log has them: one query for their versions,
-        one for the events the cache has not seen (a cached day behind the log takes only the events after its
-        version). `verify=False`: cached days are taken as they are (an append's expected version checks them
-        anyway), and only days not cached are read. `hold`: the versions query also locks the days' rows (in
-        order) until the caller's transaction ends, so no other process moves them meanwhile."""
+        one for the events not yet seen. `verify`: cached days behind the log are caught up in place (only the
+        events after their version), so the caller must hold their locks: two callers catching up one cached
+        day at once would both fold the same events into it, and it would claim a version whose bookings it
+        does not all hold. Without `verify`, nothing cached is changed (safe without the locks, as when
+        planning): cached days are taken as they are, and only days not cached are read, into new ones.
+        `hold`: the versions query also locks the days' rows (in order) until the caller's transaction ends,
+        so no other process moves them meanwhile."""
         out: dict[str, wd.WindowDay] = {}
+        new: set[str] = set()
         for stream, catalog in wanted.items():
             day = self._days.get(stream)
             if day is None or day.phone_region != catalog.settings.phone_region:
                 day = wd.WindowDay(*wd.split_stream_id(stream), phone_region=catalog.settings.phone_region)
+                new.add(stream)
             out[stream] = day
-        asked = list(out) if verify else [s for s, day in out.items() if self._days.get(s) is not day]
+        asked = list(out) if verify else [s for s in out if s in new]
         if asked:
             versions = await conn.fetch("SELECT stream_id, version FROM streams WHERE stream_id = ANY($1::text[])"
                                         + (" ORDER BY stream_id FOR UPDATE" if hold else ""), asked)
@@ -200,8 +205,11 @@ class UnitOfWork:
                         " JOIN events e ON e.stream_id = k.s AND e.stream_version = k.v ORDER BY k.s, k.v",
                         [s for s, _ in missing], [v for _, v in missing]):
                     out[row["stream_id"]].apply(ev.from_stored(row["event_type"], row["data"]))
-        for day in out.values():
-            self._remember(day)
+        for stream, day in out.items():
+            if verify or stream in new:
+                self._remember(day)
+            elif self._days.get(stream) is day:  # taken as it was: only its place in the cache changes
+                self._days.move_to_end(stream)
         return out
 
     def cached_day(self, stream_id: str) -> wd.WindowDay | None:

@@ -4,8 +4,11 @@ and retaken within the batch, external references, unknown appointments and orgs
 middle (careful path, in its turn), and every effect committed with its result once."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import itertools
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +16,7 @@ from domain.errors import DomainError
 from schemas.kafka import COMMAND
 from services import commands
 from services.bulk import BulkDecider, Decided
+from services.bulk_facts import read
 from services.command_results import recall
 from services.handler import CommandHandler
 from services.outcome import Meta
@@ -143,3 +147,67 @@ async def test_set_wise_decisions_answer_as_one_by_one(pool, store):
         if item.decided is not None and item.decided.outcome is not None and item.decided.outcome.position:
             stored = results[item.command.command_id]
             assert stored["position"] == item.decided.outcome.position == stored["data"]["position"]
+
+
+async def test_consumers_reading_a_window_day_another_process_moved_never_overbook_it(pool, store):
+    """Two processes book one window-day; this one's cached copy fell behind the log. Its consumers read the
+    day at the same moment to plan their batches, outside the day's lock. Neither may catch the shared
+    cached copy up: both would fold the same missing events into it, and it would claim a version whose
+    bookings it does not all hold. Once the log reached that version, a decision on the copy would pass the
+    append's version check and book past capacity."""
+    here, there = CommandHandler(pool, store), CommandHandler(pool, store)
+    org_id = await clinic(here, max_slots=10)
+    phones = (f"+1415555{n:04d}" for n in itertools.count())
+    creates = lambda n: [Item(envelope(org_id, next(numbers), "create_appointment",  # noqa: E731
+                                       create_body(at("09:30"), next(phones)))) for _ in range(n)]
+    numbers = itertools.count(1)
+
+    async def careful(item: Item) -> None:
+        try:
+            outcome = await commands.execute(here, item.command, Meta(command_id=str(item.command.command_id)))
+            item.answer = (outcome.status,)
+        except DomainError as exc:
+            item.answer = (exc.status, exc.code)
+
+    def settle(item: Item, decided: Decided) -> None:
+        item.answer = (decided.refusal.status, decided.refusal.code) if decided.refusal else (decided.outcome.status,)
+
+    async def there_books(n: int) -> None:
+        for _ in range(n):
+            await there.create_appointment(org_id, create_body(at("09:30"), next(phones)), Meta())
+
+    bulk = BulkDecider(here)
+    await bulk.run(creates(1), careful, settle)  # here caches the day: version 1
+    await there_books(3)  # the log: version 4
+
+    async def plan(item: Item) -> None:  # what each consumer reads before it takes the day's lock
+        async with pool.acquire() as conn:
+            await read(here.uow, here.clock(), conn, [item.command])
+
+    # Were they to read the log's events, both consumers would be held there (the table locked meanwhile)
+    # until both had asked for the same missing events: the moment the race needs, every time.
+    async with pool.acquire() as blocker:
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+            planning = asyncio.gather(*(plan(item) for item in creates(2)))
+            while not planning.done() and await blocker.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE relation = 'events'::regclass AND NOT granted") < 2:
+                await asyncio.sleep(0.01)
+    await planning
+    async with pool.acquire() as conn:
+        stream = await conn.fetchval("SELECT stream_id FROM events WHERE org_id = $1 AND stream_id LIKE 'wd-%'"
+                                     " LIMIT 1", uuid.UUID(org_id))
+    cached = here.uow.cached_day(stream)
+    if cached is not None:  # whatever is cached holds exactly the log's bookings up to its version
+        async with pool.acquire() as conn:
+            logged = await conn.fetchval("SELECT count(*) FROM events WHERE stream_id = $1 AND stream_version <= $2"
+                                         " AND event_type = 'appointment.booked'", stream, cached.version)
+        assert len(cached.appointments) == logged == cached.version
+
+    await there_books(3)  # the log: version 7, 7 of 10 places taken
+    rest = creates(10)
+    await bulk.run(rest, careful, settle)
+    assert Counter(item.answer for item in rest) == {(201,): 3, (409, "SLOT_FULL"): 7}
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM events WHERE org_id = $1 AND event_type ="
+                                   " 'appointment.booked'", uuid.UUID(org_id)) == 10
