@@ -157,10 +157,9 @@ async def test_consumers_reading_a_window_day_another_process_moved_never_overbo
     append's version check and book past capacity."""
     here, there = CommandHandler(pool, store), CommandHandler(pool, store)
     org_id = await clinic(here, max_slots=10)
-    phones = (f"+1415555{n:04d}" for n in itertools.count())
+    numbers, phones = itertools.count(1), (f"+1415555{n:04d}" for n in itertools.count())
     creates = lambda n: [Item(envelope(org_id, next(numbers), "create_appointment",  # noqa: E731
                                        create_body(at("09:30"), next(phones)))) for _ in range(n)]
-    numbers = itertools.count(1)
 
     async def careful(item: Item) -> None:
         try:
@@ -190,9 +189,10 @@ async def test_consumers_reading_a_window_day_another_process_moved_never_overbo
         async with blocker.transaction():
             await blocker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
             planning = asyncio.gather(*(plan(item) for item in creates(2)))
-            while not planning.done() and await blocker.fetchval(
-                    "SELECT count(*) FROM pg_locks WHERE relation = 'events'::regclass AND NOT granted") < 2:
-                await asyncio.sleep(0.01)
+            async with asyncio.timeout(30):  # one held and the other not would wait forever: fail instead
+                while not planning.done() and await blocker.fetchval(
+                        "SELECT count(*) FROM pg_locks WHERE relation = 'events'::regclass AND NOT granted") < 2:
+                    await asyncio.sleep(0.01)
     await planning
     async with pool.acquire() as conn:
         stream = await conn.fetchval("SELECT stream_id FROM events WHERE org_id = $1 AND stream_id LIKE 'wd-%'"
