@@ -1,0 +1,122 @@
+"""Two processes (two command handlers, each with its own caches) book the same few window-days at once: in
+each, two Kafka consumers decide batches set-wise while HTTP creates are grouped, and cancellations free
+places that are taken again. Whatever the interleaving: the log never holds more active bookings on a
+window-day than its capacity, at any version; every window-day either process has cached holds exactly the
+log's events up to its version (the append's version check trusts that); and the read models agree."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import uuid
+from typing import Any
+
+import pytest
+
+from domain import events as ev
+from domain import windowday as wd
+from domain.errors import DomainError
+from services import commands
+from services.bulk import BulkDecider, Decided
+from services.handler import CommandHandler
+from services.outcome import Meta
+from tests.builders import create_body
+from tests.faults.invariants import violations
+from tests.integration.test_bulk_decisions import DAY, NEXT, Item, envelope
+from tests.integration.test_command_handler import at, clinic
+
+CAPACITY = 5
+ROUNDS = 12
+
+
+async def _log_of(conn, stream: str) -> list[ev.Event]:
+    rows = await conn.fetch("SELECT event_type, data FROM events WHERE stream_id = $1 ORDER BY stream_version", stream)
+    return [ev.from_stored(r["event_type"], r["data"]) for r in rows]
+
+
+@pytest.mark.parametrize("seed", range(8))  # each a different interleaving, ~1 s each
+async def test_two_processes_racing_on_window_days_never_overbook_nor_cache_what_the_log_does_not_hold(
+        pool, store, seed):
+    rng = random.Random(seed)
+    handlers = [CommandHandler(pool, store), CommandHandler(pool, store)]
+    org_id = await clinic(handlers[0], max_slots=CAPACITY)
+    numbers, phones = itertools.count(1), (f"+1415666{n:04d}" for n in itertools.count())
+    booked: list[str] = []  # appointment ids answered 201, for cancellations to pick from
+    unexpected: list[BaseException] = []
+
+    def some_create() -> dict[str, Any]:
+        day, hhmm = rng.choice([DAY, NEXT]), rng.choice(["09:30", "10:00", "17:30", "18:00"])
+        return create_body(at(hhmm, day), next(phones))
+
+    def noted(status: int, data: dict | None) -> None:
+        if status == 201:
+            booked.append(data["appointment_id"])
+
+    async def consumer(handler: CommandHandler, bulk: BulkDecider) -> None:
+        for _ in range(ROUNDS):
+            batch = []
+            for _ in range(rng.randint(1, 6)):
+                if booked and rng.random() < 0.3:
+                    batch.append(Item(envelope(org_id, next(numbers), "cancel_appointment",
+                                               {"cancellation_reason": "ill"}, rng.choice(booked))))
+                else:
+                    batch.append(Item(envelope(org_id, next(numbers), "create_appointment", some_create())))
+
+            async def careful(item: Item) -> None:
+                try:
+                    outcome = await commands.execute(handler, item.command,
+                                                     Meta(command_id=str(item.command.command_id)))
+                    noted(outcome.status, outcome.data)
+                except DomainError:
+                    pass
+
+            def settle(item: Item, decided: Decided) -> None:
+                if decided.outcome is not None:
+                    noted(decided.outcome.status, decided.outcome.data)
+
+            try:
+                await bulk.run(batch, careful, settle)
+            except BaseException as exc:  # noqa: BLE001 - reported below, with the others
+                unexpected.append(exc)
+            await asyncio.sleep(rng.random() * 0.005)
+
+    async def over_http(handler: CommandHandler) -> None:
+        for _ in range(ROUNDS):
+            async def one() -> None:
+                try:
+                    outcome = await handler.create_appointment(org_id, some_create(), Meta())
+                    noted(outcome.status, outcome.data)
+                except DomainError:
+                    pass
+                except BaseException as exc:  # noqa: BLE001
+                    unexpected.append(exc)
+
+            await asyncio.gather(*(one() for _ in range(rng.randint(1, 6))))  # several at once: grouped
+            await asyncio.sleep(rng.random() * 0.005)
+
+    await asyncio.gather(*(task for h in handlers for task in
+                           (consumer(h, BulkDecider(h)), consumer(h, BulkDecider(h)), over_http(h))))
+    assert not unexpected, unexpected
+    assert len(booked) > 2 * CAPACITY  # places were freed and taken again
+
+    async with pool.acquire() as conn:
+        streams = [r["stream_id"] for r in await conn.fetch(
+            "SELECT stream_id FROM streams WHERE org_id = $1 AND stream_id LIKE 'wd-%'", uuid.UUID(org_id))]
+        assert len(streams) == 4
+        logs = {stream: await _log_of(conn, stream) for stream in streams}
+        broken = await violations(conn, CAPACITY)
+    assert not any(broken.values()), broken
+    for stream, events in logs.items():
+        day = wd.WindowDay(*wd.split_stream_id(stream))
+        for event in events:
+            day.apply(event)
+            assert sum(a.active for a in day.appointments.values()) <= CAPACITY, (stream, day.version)
+    for handler in handlers:
+        for stream in streams:
+            cached = handler.uow.cached_day(stream)
+            if cached is None:
+                continue
+            truth = wd.WindowDay(*wd.split_stream_id(stream))
+            truth.fold(logs[stream][:cached.version])
+            assert cached.version <= len(logs[stream])
+            assert cached.appointments == truth.appointments, stream
