@@ -164,15 +164,24 @@ class UnitOfWork:
                   version: int | None = None) -> wd.WindowDay:
         """The window-day as the log has it, cached. `version`: the stream's version as just read from the
         database; a cached day behind it (another process wrote since) is loaded afresh, so a refusal is never
-        decided on a stale day (an acceptance is checked by the append's expected version anyway). A day
-        indexed under another phone region than the org's now is loaded afresh too."""
-        day = self._cached(stream_id, catalog, version)
-        if day is not None:
-            return day
+        decided on a stale day (an acceptance is checked by the append's expected version anyway). A cached
+        day ahead of it may hold a decision its lock holder has folded in and not yet committed: the caller
+        gets a copy of its own from the log, and the cache is left to the lock holder. A day indexed under
+        another phone region than the org's now is loaded afresh too."""
+        cached = self._days.get(stream_id)
+        if cached is not None and cached.phone_region == catalog.settings.phone_region:
+            if version is None or cached.version == version:
+                self._days.move_to_end(stream_id)
+                return cached
+            if cached.version > version:
+                return await self._load(stream_id, conn, catalog)
+        return self._remember(await self._load(stream_id, conn, catalog))
+
+    async def _load(self, stream_id: str, conn: asyncpg.Connection, catalog: cat.Catalog) -> wd.WindowDay:
         day = wd.WindowDay(*wd.split_stream_id(stream_id), phone_region=catalog.settings.phone_region)
         for stored in await self.store.read_stream(stream_id, conn=conn):
             day.apply(ev.from_stored(stored.type, stored.data))
-        return self._remember(day)
+        return day
 
     async def days(self, conn: asyncpg.Connection, wanted: dict[str, cat.Catalog],
                    verify: bool = True, hold: bool = False) -> dict[str, wd.WindowDay]:
@@ -214,14 +223,6 @@ class UnitOfWork:
 
     def cached_day(self, stream_id: str) -> wd.WindowDay | None:
         return self._days.get(stream_id)
-
-    def _cached(self, stream_id: str, catalog: cat.Catalog, version: int | None) -> wd.WindowDay | None:
-        day = self._days.get(stream_id)
-        if day is not None and (version is None or day.version >= version) \
-                and day.phone_region == catalog.settings.phone_region:
-            self._days.move_to_end(stream_id)
-            return day
-        return None
 
     def _remember(self, day: wd.WindowDay) -> wd.WindowDay:
         self._days[day.stream_id] = day

@@ -137,3 +137,34 @@ async def test_two_processes_racing_on_window_days_never_overbook_nor_cache_what
             assert cached.version <= len(logs[stream])
             assert (cached.appointments, cached.holds, cached.waiting) == \
                 (truth.appointments, truth.holds, truth.waiting), stream
+
+
+async def test_an_answer_never_shows_a_decision_whose_commit_is_still_in_flight(pool, store):
+    """A consumer's cancellation is decided and folded into the cached window-day, and its commit waits (the
+    stream's row is locked meanwhile). A create repeating the appointment's external reference, answered
+    from the write side, must show the appointment as the log has it: were the commit to fail, the caller
+    would have been shown a cancellation that never happened."""
+    handler = CommandHandler(pool, store)
+    org_id = await clinic(handler, max_slots=CAPACITY)
+    body = {**create_body(at("09:30"), "+14156660001"), "external_reference_id": "ref-1"}
+    booked = await handler.create_appointment(org_id, body, Meta())
+    stream = wd.stream_id(booked.data["window_id"], booked.data["date"])
+    cancelled: list[Decided] = []
+
+    async def careful(item: Item) -> None:
+        raise AssertionError("decided set-wise")
+
+    async with pool.acquire() as blocker:
+        async with blocker.transaction():
+            await blocker.execute("SELECT version FROM streams WHERE stream_id = $1 FOR UPDATE", stream)
+            cancelling = asyncio.create_task(BulkDecider(handler).run(
+                [Item(envelope(org_id, 1, "cancel_appointment", {"cancellation_reason": "ill"},
+                              booked.data["appointment_id"]))], careful, lambda item, d: cancelled.append(d)))
+            async with asyncio.timeout(30):
+                while not await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+                    await asyncio.sleep(0.01)
+            assert handler.uow.cached_day(stream).appointments[booked.data["appointment_id"]].status == "cancelled"
+            replay = await handler.create_appointment(org_id, body, Meta())
+            assert (replay.status, replay.data["status"]) == (200, booked.data["status"]) != (200, "cancelled")
+    await cancelling
+    assert cancelled[0].outcome.data["status"] == "cancelled"
