@@ -7,6 +7,8 @@ import signal
 import uuid
 from collections import Counter
 
+from aiokafka import AIOKafkaProducer
+
 from domain.timerules import WEEKDAYS
 from services.runtime import Runtime
 from services.settings import Settings
@@ -202,6 +204,29 @@ async def test_unknown_org_is_a_not_found_result(kafka_runtime, kafka_bootstrap)
     [result] = [json.loads(r.value) for r in records]
     assert (result["command_id"], result["ok"], result["status"], result["error"]["code"]) == (
         cmd["command_id"], False, 404, "NOT_FOUND")
+
+
+async def test_a_message_with_neither_key_nor_value_is_dead_lettered_and_the_next_is_answered(
+        kafka_runtime, kafka_bootstrap):
+    """aiokafka's send() refuses such a message, but other clients produce them; the ingestor's dead letter
+    goes out the same way (keyless: any partition) and the command after it is answered."""
+    rt = kafka_runtime
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        batch.append(key=None, value=None, timestamp=None)
+        batch.close()
+        await (await producer.send_batch(batch, rt.settings.topic("commands"), partition=0))
+    finally:
+        await producer.stop()
+    after = command(str(uuid.uuid4()), "cancel_appointment", {}, appointment_id="appt_0000000000")
+    await publish(kafka_bootstrap, rt.settings.topic("commands"), [(None, encoded(after)[1])])
+    [letter] = await read_topic(kafka_bootstrap, rt.settings.topic("commands.dlq"), lambda recs: len(recs) >= 1, 60)
+    assert (letter.key, letter.value) == (None, None)
+    assert dict(letter.headers)["dlq.reason"] == b"schema_invalid"
+    records = await read_topic(kafka_bootstrap, rt.settings.topic("command-results"), lambda recs: len(recs) >= 1, 60)
+    assert [json.loads(r.value)["command_id"] for r in records] == [after["command_id"]]
 
 
 async def test_a_killed_ingestor_loses_no_command_and_applies_none_twice(pg_url, schema, kafka_bootstrap,
