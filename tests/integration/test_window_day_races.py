@@ -161,7 +161,9 @@ async def test_an_answer_never_shows_a_decision_whose_commit_is_still_in_flight(
                 [Item(envelope(org_id, 1, "cancel_appointment", {"cancellation_reason": "ill"},
                               booked.data["appointment_id"]))], careful, lambda item, d: cancelled.append(d)))
             async with asyncio.timeout(30):
-                while not await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+                while not await blocker.fetchval(  # someone waits for this transaction: the consumer's commit
+                        "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
+                        " AND transactionid::text::bigint = pg_current_xact_id()::text::bigint % 4294967296"):
                     await asyncio.sleep(0.01)
             assert handler.uow.cached_day(stream).appointments[booked.data["appointment_id"]].status == "cancelled"
             replay = await handler.create_appointment(org_id, body, Meta())
