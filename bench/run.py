@@ -128,8 +128,12 @@ def _children(parent: int) -> list[int]:
 def cpu_snapshot(service: int, postgres: int, kafka: int) -> dict[str, float]:
     """CPU seconds so far of the service (with its workers), PostgreSQL (postmaster and backends) and the
     broker."""
-    return {"service": _cpu(service) + sum(_cpu(p) for p in _children(service)),
-            "postgres": _cpu(postgres) + sum(_cpu(p) for p in _children(postgres)), "kafka": _cpu(kafka)}
+    return {"service": tree_cpu(service), "postgres": tree_cpu(postgres), "kafka": _cpu(kafka)}
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds so far of a process and its children (the service's workers, PostgreSQL's backends)."""
+    return _cpu(pid) + sum(_cpu(p) for p in _children(pid))
 
 
 def cpu_share(before: dict[str, float], after: dict[str, float], seconds: float, loadgen_cpu: float) -> dict:
@@ -316,6 +320,7 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
     launched = time.perf_counter()
     stamps: list[int] = []
     ok = 0
+    cpu_first: tuple[int, dict] | None = None  # results seen and CPU used when the first result arrived
     try:
         while len(stamps) < commands and time.perf_counter() - launched < 900:
             for records in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
@@ -324,9 +329,11 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
                     if result["command_id"] in ours:
                         stamps.append(record.timestamp)
                         ok += result["ok"]
+            if cpu_first is None and stamps:  # the process has started and joined the group by now
+                cpu_first = len(stamps), {**cpu_snapshot(ingestor.pid, postgres, kafka), "relay": _cpu(service)}
         wall = time.perf_counter() - launched
-        cores = cpu_share(cpu_before, {**cpu_snapshot(ingestor.pid, postgres, kafka), "relay": _cpu(service)},
-                          wall, 0)
+        cpu_after = {**cpu_snapshot(ingestor.pid, postgres, kafka), "relay": _cpu(service)}
+        cores = cpu_share(cpu_before, cpu_after, wall, 0)
         cores["ingestor"] = cores.pop("service")
         del cores["loadgen"]
     finally:
@@ -343,10 +350,21 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
            "first_to_last_result_seconds": round(span, 2), "commands_per_s": round((len(stamps) - 1) / span, 1),
            "wall_seconds_from_process_start": round(wall, 1),
            "commands_per_s_from_process_start": round(len(stamps) / wall, 1), "cores_busy": cores,
+           "cpu_us_per_command": _cpu_per_command(cpu_first, cpu_after, len(stamps)),
            "workers": workers}
     if profile is not None and profile.exists():
         out["profile"] = {**profile_top(profile), "raw": str(profile)}
     return out
+
+
+def _cpu_per_command(first: tuple[int, dict] | None, after: dict[str, float], results: int) -> dict[str, float]:
+    """Each process's CPU per command answered after the first result: the ingestor's start and its joining
+    the consumer group, which a short run would otherwise spread over few commands, are left out."""
+    if first is None or results <= first[0]:
+        return {}
+    seen, before = first
+    return {("ingestor" if name == "service" else name): round(1e6 * (after[name] - used) / (results - seen), 1)
+            for name, used in before.items()}
 
 
 async def fill_log(settings: Settings, clinic: dict, target: int) -> int:
@@ -392,19 +410,24 @@ async def fill_log(settings: Settings, clinic: dict, target: int) -> int:
         await rt.stop()
 
 
-async def time_rebuild(settings: Settings) -> dict:
+async def time_rebuild(settings: Settings, postgres: int) -> dict:
+    """The rebuild runs in this process: its CPU is this process's, beside PostgreSQL's (pid `postgres`)."""
     rt = Runtime(settings, components=())
     await rt.start()
     try:
+        pg_before, python_before = tree_cpu(postgres), time.process_time()
         started = time.perf_counter()
         report = await rebuild(rt.pool, rt.store)
         elapsed = time.perf_counter() - started
+        cpu = {"python": time.process_time() - python_before,
+               "postgres": tree_cpu(postgres) - pg_before}
         log_events = max(r["events"] for r in report.values())
         return {"projections": {name: r["events"] for name, r in report.items()}, "seconds": round(elapsed, 2),
                 "log_events": log_events,
                 # each event of the log into every projection: the rate at which the log is rebuilt
                 "events_per_s": round(log_events / elapsed, 1),
-                "projected_events_per_s": round(sum(r["events"] for r in report.values()) / elapsed, 1)}
+                "projected_events_per_s": round(sum(r["events"] for r in report.values()) / elapsed, 1),
+                "cpu_us_per_event": {k: round(1e6 * v / log_events, 1) for k, v in cpu.items()}}
     finally:
         await rt.stop()
 
@@ -415,8 +438,19 @@ def ratio(value: float | None, ceiling: float | None) -> float | None:
     return round(value / ceiling, 3) if value and ceiling else None
 
 
+def cpu_line(unit: str, costs: dict[str, float], cores: int | None) -> str:
+    """What one unit of work cost each process in CPU (where the time goes, which a rate alone does not say),
+    and with `cores`, the rate the machine allows at that cost with every core busy (under a light load the
+    cost holds idle work too, so there it says nothing)."""
+    total = sum(costs.values())
+    ceiling = f" → at most {cores * 1e6 / total:,.0f}/s on {cores} cores" if cores and total else ""
+    return (f"  CPU per {unit} (µs): " + ", ".join(f"{name} {cost:,.0f}" for name, cost in costs.items())
+            + f"; all {total:,.0f}{ceiling}")
+
+
 def table(report: dict) -> str:
     c = report["ceiling_pgbench_tps"]
+    cores = report["machine"]["cores"]
     lines = [f"slotledger bench ({report['mode']}) {report['started']} on {report['machine']['cores']} cores, "
              f"{report['machine']['memory_gb']} GB ({report['machine']['cpu']})", "",
              f"{'measure':42} {'figure':>14} {'ratio to pgbench':>18}  target (DESIGN §7)"]
@@ -434,6 +468,10 @@ def table(report: dict) -> str:
             "p99 < 50 ms" if k == "64" else "")
         row("  errors", str(s["errors"]))
         row("  cores busy: " + ", ".join(f"{k} {v}" for k, v in s["cores_busy"].items()), "")
+        if s["creates_per_s"]:  # cores busy over the rate
+            row(cpu_line("create (its read-after-write GETs included)",
+                         {n: 1e6 * share / s["creates_per_s"] for n, share in s["cores_busy"].items()},
+                         cores if k == "64" else None), "")
         lag = s["projection_lag_ms"]
         row(f"read-after-write misses during {k} clients", f"{s.get('read_after_write_misses', 0)} of {lag['samples']}",
             None, "0")
@@ -459,10 +497,14 @@ def table(report: dict) -> str:
         row("  from ingestor process start (cmd/s)", f"{k['commands_per_s_from_process_start']:,.0f}")
         if "cores_busy" in k:
             row("  cores busy: " + ", ".join(f"{n} {v}" for n, v in k["cores_busy"].items()), "")
+        if k.get("cpu_us_per_command"):
+            row(cpu_line("command after the first result", k["cpu_us_per_command"], cores), "")
     r = report.get("rebuild")
     if r:
         row(f"rebuild {r['log_events']:,} log events into all {len(r['projections'])} projections (ev/s)",
             f"{r['events_per_s']:,.0f}", None, "≥ 50,000 events/s")
+        if "cpu_us_per_event" in r:
+            row(cpu_line("event", r["cpu_us_per_event"], cores), "")
     row("idle service memory (RSS MB)", str(report["idle_rss_mb"]), None, "< 150 MB")
     for title, profile in (("the service during http-spread 64", report.get("profile")),
                            ("the ingestor during kafka-ingest, 1 worker",
@@ -563,7 +605,7 @@ async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka
         if "rebuild" in phases:
             log(f"filling the log to {rebuild_target:,} events for the rebuild")
             await fill_log(settings, clinic, rebuild_target)
-            report["rebuild"] = await time_rebuild(settings)
+            report["rebuild"] = await time_rebuild(settings, pg.process.pid)
             log(f"rebuild: {report['rebuild']}")
     finally:
         if service is not None:
