@@ -451,7 +451,7 @@ def cpu_line(unit: str, costs: dict[str, float], cores: int | None) -> str:
 def table(report: dict) -> str:
     c = report["ceiling_pgbench_tps"]
     cores = report["machine"]["cores"]
-    lines = [f"slotledger bench ({report['mode']}) {report['started']} on {report['machine']['cores']} cores, "
+    lines = [f"slotledger bench ({report['mode']}) {report['started']} on {cores} cores, "
              f"{report['machine']['memory_gb']} GB ({report['machine']['cpu']})", "",
              f"{'measure':42} {'figure':>14} {'ratio to pgbench':>18}  target (DESIGN §7)"]
 
