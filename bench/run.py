@@ -316,7 +316,12 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
     ingestor = spawn("ingestor", settings, logs, workers)
     spy = profile_start(ingestor.pid, 900, profile) if profile is not None and workers == 1 else None
     postgres, kafka, service = pids
-    cpu_before = {**cpu_snapshot(ingestor.pid, postgres, kafka), "relay": _cpu(service)}
+
+    def cpu() -> dict[str, float]:
+        return {"ingestor": tree_cpu(ingestor.pid), "postgres": tree_cpu(postgres), "kafka": _cpu(kafka),
+                "relay": _cpu(service)}
+
+    cpu_before = cpu()
     launched = time.perf_counter()
     stamps: list[int] = []
     ok = 0
@@ -330,11 +335,10 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
                         stamps.append(record.timestamp)
                         ok += result["ok"]
             if cpu_first is None and stamps:  # the process has started and joined the group by now
-                cpu_first = len(stamps), {**cpu_snapshot(ingestor.pid, postgres, kafka), "relay": _cpu(service)}
+                cpu_first = len(stamps), cpu()
         wall = time.perf_counter() - launched
-        cpu_after = {**cpu_snapshot(ingestor.pid, postgres, kafka), "relay": _cpu(service)}
+        cpu_after = cpu()
         cores = cpu_share(cpu_before, cpu_after, wall, 0)
-        cores["ingestor"] = cores.pop("service")
         del cores["loadgen"]
     finally:
         await consumer.stop()
@@ -363,8 +367,7 @@ def _cpu_per_command(first: tuple[int, dict] | None, after: dict[str, float], re
     if first is None or results <= first[0]:
         return {}
     seen, before = first
-    return {("ingestor" if name == "service" else name): round(1e6 * (after[name] - used) / (results - seen), 1)
-            for name, used in before.items()}
+    return {name: round(1e6 * (after[name] - used) / (results - seen), 1) for name, used in before.items()}
 
 
 async def fill_log(settings: Settings, clinic: dict, target: int) -> int:
