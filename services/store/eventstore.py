@@ -157,6 +157,14 @@ _READ_LOG = {gap_safe: _read_log_sql(_COLUMNS, gap_safe) for gap_safe in (True, 
 # A replay (a rebuild) needs only what projectors read: no metadata to decode, no event objects to build.
 _REPLAY_COLUMNS = "global_position, transaction_id::text::bigint AS transaction_id, event_type, data, org_id"
 _REPLAY_LOG = {gap_safe: _read_log_sql(_REPLAY_COLUMNS, gap_safe) for gap_safe in (True, False)}
+# A publisher (the relay) passes each event's data on as PostgreSQL prints it, never parsed, and takes the few
+# fields it reads from the data and the metadata picked out here (the appointment: as the events_appointment
+# index has it).
+_PUBLISH_COLUMNS = ("global_position, transaction_id::text::bigint AS transaction_id, event_id, stream_id,"
+                    " stream_version, event_type, schema_version, data::text AS data_json, org_id, recorded_at,"
+                    " coalesce(data->>'appointment_id', data->'appointment'->>'appointment_id') AS appointment_id,"
+                    " metadata->>'command_id' AS command_id, metadata->>'request_id' AS request_id")
+_PUBLISH_LOG = _read_log_sql(_PUBLISH_COLUMNS, gap_safe=True)
 
 
 def _row_to_event(row: asyncpg.Record) -> StoredEvent:
@@ -282,6 +290,11 @@ class EventStore:
         """As read_log, but only each event's global_position, transaction_id, event_type, data and org_id,
         as rows: what a replay needs, at a fraction of the decoding."""
         return await conn.fetch(_REPLAY_LOG[gap_safe], str(after.transaction_id), after.global_position, limit)
+
+    async def publish_log(self, after: LogPosition, limit: int, conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        """As read_log (gap-safe), but as rows holding what a publisher sends: the data as JSON text
+        (`data_json`), and its `appointment_id`, `command_id` and `request_id`."""
+        return await conn.fetch(_PUBLISH_LOG, str(after.transaction_id), after.global_position, limit)
 
     @property
     def channel(self) -> str:
