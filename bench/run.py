@@ -17,6 +17,7 @@ import re
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,7 @@ from services.store.eventstore import Append, NewEvent
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 SPREAD_DAYS = 200   # http-spread and kafka-ingest: days 1..200 × 3 windows = 600 window-days
-HOT_DAY = 205       # hot-window: its own window-day
+HOT_DAYS = range(201, 206)  # hot-window: one burst on each, a window-day of its own
 FILL_DAYS = range(210, 400)  # synthetic history for the rebuild
 
 
@@ -271,15 +272,23 @@ def profile_top(raw: Path, n: int = 15) -> dict:
 
 
 def hot_window(clinic: dict, url: str) -> dict:
-    """1,000 simultaneous creates on one window-day with 200 places."""
-    hot_date = dt.date.today() + dt.timedelta(days=HOT_DAY)
-    window_id = clinic["windows"][(WEEKDAYS[hot_date.weekday()], "Morning")]
-    req = urllib.request.Request(f"{url}/v1/schedule-tracking/{window_id}/{hot_date}", method="PATCH",
-                                 data=json.dumps({"max_slots": 200}).encode(),
-                                 headers={"Authorization": f"Bearer {clinic['key']}",
-                                          "Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=10).read()
-    return loadgen("hot", "--url", url, "--key", clinic["key"], "--requests", "1000", "--when", f"{hot_date}T09:00:00Z")
+    """1,000 simultaneous creates on one window-day with 200 places, once on each of the HOT_DAYS: one burst
+    lasts half a second, and a single one moved by a third between runs of the same code. The median burst is
+    the figure; every burst must let exactly 200 through."""
+    bursts = []
+    for offset in HOT_DAYS:
+        hot_date = dt.date.today() + dt.timedelta(days=offset)
+        window_id = clinic["windows"][(WEEKDAYS[hot_date.weekday()], "Morning")]
+        req = urllib.request.Request(f"{url}/v1/schedule-tracking/{window_id}/{hot_date}", method="PATCH",
+                                     data=json.dumps({"max_slots": 200}).encode(),
+                                     headers={"Authorization": f"Bearer {clinic['key']}",
+                                              "Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).read()
+        bursts.append(loadgen("hot", "--url", url, "--key", clinic["key"], "--requests", "1000",
+                              "--when", f"{hot_date}T09:00:00Z"))
+    rates = sorted(b["decisions_per_s"] for b in bursts)
+    return {"bursts": bursts, "decisions_per_s": statistics.median(rates), "min_decisions_per_s": rates[0],
+            "max_decisions_per_s": rates[-1], "succeeded": [b["succeeded"] for b in bursts]}
 
 
 async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Path, profile: Path | None,
@@ -490,8 +499,10 @@ def table(report: dict) -> str:
             "(issue 16: report)")
     h = report.get("hot_window")
     if h:
-        row("hot-window 1,000 creates, 200 slots (dec/s)", f"{h['decisions_per_s']:,.0f}", None, "≥ 2,000/s")
-        row("  succeeded (must be exactly 200)", str(h["succeeded"]))
+        row(f"hot-window 1,000 creates, 200 slots, median of {len(h['bursts'])} bursts (dec/s)",
+            f"{h['decisions_per_s']:,.0f}", None, "≥ 2,000/s")
+        row("  slowest and fastest burst (dec/s)", f"{h['min_decisions_per_s']:,.0f} / {h['max_decisions_per_s']:,.0f}")
+        row("  succeeded per burst (exactly 200 each)", ", ".join(map(str, h["succeeded"])))
     runs = report.get("kafka_ingest", [])
     for k in runs:
         row(f"kafka-ingest {k['commands']:,} commands, {k.get('workers', 1)} worker(s) (cmd/s)",
