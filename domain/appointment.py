@@ -1,20 +1,18 @@
-"""The appointment record: what the window-day holds for each appointment, typed and frozen.
+"""The appointment record: what the window-day holds for each appointment, typed and immutable.
 
 Events carry it as plain JSON (`as_dict()`), and the read models store that; inside the domain a change
-makes a new record (`changed`), so a record someone holds never changes under them.
+makes a new record (`changed`), so a record someone holds never changes under them. It is a named tuple, not a
+frozen dataclass: a window-day loaded from the log makes one per booking, and a frozen dataclass's __init__
+(one object.__setattr__ per field, 29 of them) cost 4.3 µs against 0.5 µs for a tuple.
 """
 from __future__ import annotations
 
-import dataclasses
-import operator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 ACTIVE_EXCEPT = "cancelled"  # every other status holds its place in the window-day
 
 
-@dataclass(frozen=True, slots=True)
-class Appointment:
+class Appointment(NamedTuple):
     appointment_id: str
     appointment_type: str  # the service id
     branch_id: str
@@ -47,10 +45,10 @@ class Appointment:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Appointment":
-        return cls(*map(data.get, FIELDS))
+        return cls._make(map(data.get, FIELDS))
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(zip(FIELDS, _VALUES(self)))
+        return dict(zip(FIELDS, self))
 
     @property
     def active(self) -> bool:
@@ -58,8 +56,7 @@ class Appointment:
 
     def changed(self, updated_at: str, **changes: Any) -> "Appointment":
         """The record after one event's changes: a new version."""
-        return dataclasses.replace(self, **changes, updated_at=updated_at, version=self.version + 1)
+        return self._replace(**changes, updated_at=updated_at, version=self.version + 1)
 
 
-FIELDS = tuple(f.name for f in dataclasses.fields(Appointment))  # declaration order: from_dict passes by position
-_VALUES = operator.attrgetter(*FIELDS)
+FIELDS = Appointment._fields  # declaration order: from_dict passes by position

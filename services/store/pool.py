@@ -1,6 +1,7 @@
 """The connection pool: bounded waits everywhere, JSON codecs, and what counts as "the database is not there"."""
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import asyncpg
@@ -18,13 +19,20 @@ DATABASE_UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.P
 
 # JSON in binary format: no str round trip, and binary COPY (a rebuild's loads) can carry jsonb columns.
 # jsonb's binary form is a version byte (1) and the text; json's is the text alone.
-# default=str: asyncpg's own UUID type (ids read back from the database), which orjson does not know.
 def _json_out(value: Any) -> bytes:
-    return orjson.dumps(value, default=str)
+    return orjson.dumps(value, default=_uuid)
 
 
 def _jsonb_out(value: Any) -> bytes:
-    return b"\x01" + orjson.dumps(value, default=str)
+    return b"\x01" + orjson.dumps(value, default=_uuid)
+
+
+def _uuid(value: Any) -> str:
+    """asyncpg's own UUID type (ids read back from the database), which orjson does not know. Anything else
+    unknown is an error, never its str(): a record object passed where its as_dict() belongs must fail loudly."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _jsonb_in(data: bytes) -> Any:
