@@ -19,7 +19,7 @@ from projections.base import Load, Projector, apply_batch, decoded
 from projections.registry import ASYNCHRONOUS, INLINE, all_projectors
 from services.logs import log
 from services.loops import health
-from services.store.eventstore import START, EventStore, LogPosition, LogWaker, save_checkpoint, wait_flag
+from services.store.eventstore import START, EventStore, LogPosition, LogWaker, position_of, save_checkpoint, wait_flag
 
 REBUILD_BATCH = 20_000
 
@@ -129,7 +129,7 @@ async def rebuild(pool: asyncpg.Pool, store: EventStore, names: list[str] | None
             for table, records in rows.items():
                 await conn.copy_records_to_table(table, records=records, columns=load.columns[table])
             events += len(batch)
-            position = LogPosition(batch[-1]["transaction_id"], batch[-1]["global_position"])
+            position = position_of(batch[-1])
         await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
         for index in lookups:
             await conn.execute(index["definition"])
@@ -169,7 +169,7 @@ async def _projected(pool: asyncpg.Pool, store: EventStore, projectors: list[Pro
         try:
             async with pool.acquire() as reader:
                 while batch := await store.replay_log(position, batch_size, reader, gap_safe=gap_safe):
-                    position = LogPosition(batch[-1]["transaction_id"], batch[-1]["global_position"])
+                    position = position_of(batch[-1])
                     events = decoded((r["event_type"], r["data"], r["org_id"]) for r in batch)
                     rows, statements = load.split(w for event, org in events for p in projectors
                                                   for w in p.writes(event, org))

@@ -23,7 +23,7 @@ from services.aio import cancel_all
 from services.loops import health
 from services.produce import produce
 from services.settings import Settings
-from services.store.eventstore import (EventStore, LogPosition, LogWaker, StoredEvent, load_checkpoint,
+from services.store.eventstore import (EventStore, LogWaker, StoredEvent, load_checkpoint, position_of,
                                        save_checkpoint, wait_flag)
 
 CHECKPOINT = "relay:events"
@@ -138,7 +138,6 @@ class Relay:
             if not batch:
                 return 0
             await produce(self._producer, topic, ((*message(row), []) for row in batch))
-            last = batch[-1]
-            await save_checkpoint(conn, CHECKPOINT, LogPosition(last["transaction_id"], last["global_position"]))
+            await save_checkpoint(conn, CHECKPOINT, position_of(batch[-1]))
         RELAYED.inc(len(batch))
         return len(batch)

@@ -31,6 +31,11 @@ class LogPosition(NamedTuple):
 START = LogPosition(0, 0)
 
 
+def position_of(row: asyncpg.Record) -> LogPosition:
+    """The log position of a row read by replay_log or publish_log."""
+    return LogPosition(row["transaction_id"], row["global_position"])
+
+
 @dataclass(frozen=True)
 class NewEvent:
     type: str
