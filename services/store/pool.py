@@ -12,9 +12,14 @@ import orjson
 # 503 SERVICE_UNAVAILABLE, or a loop backs off and retries. Never a 500.
 # (InternalClientError: a pooled connection whose statement timed out as the server died is still busy when
 # it is released; the pool terminates it, and the caller is told the database is unavailable.)
+# (QueryCanceledError: the server ended a statement at its own statement_timeout.)
 DATABASE_UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
                         asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, asyncpg.AdminShutdownError,
-                        asyncpg.CrashShutdownError, asyncpg.exceptions.InternalClientError)
+                        asyncpg.CrashShutdownError, asyncpg.exceptions.InternalClientError, asyncpg.QueryCanceledError)
+
+# How much longer than the server's own statement_timeout the client waits before it decides the server is not
+# answering at all (stalled, or gone without a word).
+UNANSWERED_AFTER = 0.5
 
 
 # JSON in binary format: no str round trip, and binary COPY (a rebuild's loads) can carry jsonb columns.
@@ -60,16 +65,32 @@ class BoundedPool(asyncpg.Pool):
         return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
 
 
+class Connection(asyncpg.Connection):
+    """A statement ends one of two ways. A live server ends a slow one itself, at its statement_timeout, and
+    answers QueryCanceledError on a connection that stays usable. A statement still unanswered a moment later
+    means the server is not answering at all (stalled, or gone without a word). asyncpg would then send a
+    CancelRequest over a second connection to that same server and make the next use of this one (the
+    transaction's ROLLBACK, the pool's release) wait for it: another full timeout, with every caller queued
+    behind this connection waiting too. Instead the connection is dropped at once; a server that comes back
+    rolls back whatever it was doing when it notices its client is gone."""
+
+    def _cancel_current_command(self, waiter, cancel_waiter=None):
+        # Not now: the protocol is still inside its timeout callback, about to fail the statement's waiter.
+        self._loop.call_soon(self.terminate)
+
+
 async def create_pool(url: str, schema: str = "public", min_size: int = 2, max_size: int = 20,
                       connect_timeout: float = 5.0, statement_timeout: float = 10.0,
                       acquire_timeout: float = 5.0) -> asyncpg.Pool:
     """Bounded waits: a connection from the pool within `acquire_timeout`, a new one within `connect_timeout`,
-    any statement within `statement_timeout`; past any of them the caller sees TimeoutError (the database is
-    unavailable: a 503, or a loop's retry)."""
+    any statement within `statement_timeout` (ended by the server, or given up on by the client just after);
+    past any of them the caller sees one of DATABASE_UNAVAILABLE (a 503, or a loop's retry)."""
     pool = BoundedPool(
         url, min_size=min_size, max_size=max_size, max_queries=50_000, max_inactive_connection_lifetime=300.0,
         loop=None, connect=None, setup=None, init=init_connection, reset=_release,
-        connection_class=asyncpg.Connection, record_class=asyncpg.Record, timeout=connect_timeout,
-        command_timeout=statement_timeout, server_settings={"search_path": schema, "application_name": "slotledger"})
+        connection_class=Connection, record_class=asyncpg.Record, timeout=connect_timeout,
+        command_timeout=statement_timeout + UNANSWERED_AFTER,
+        server_settings={"search_path": schema, "application_name": "slotledger",
+                         "statement_timeout": str(round(statement_timeout * 1000))})
     pool.acquire_timeout = acquire_timeout
     return await pool
