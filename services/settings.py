@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     pool_max_size: int = 20
     acquire_timeout_seconds: float = 5.0  # waiting for a pooled database connection, at most
     connect_timeout_seconds: float = 5.0  # a new database connection, at most
-    statement_timeout_seconds: float = 10.0  # any one statement, at most; then 503 (or a loop's retry)
+    statement_timeout_seconds: float = 10.0  # any one statement, at most (the server ends it); then 503 (or a loop's retry)
     command_retries: int = 8
     ingest_max_batch: int = 2000  # Kafka commands the ingestor fetches and decides together, at most
     ingest_consumers: int = 2  # consumers per process (each its own partitions): one decides while another waits
