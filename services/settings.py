@@ -26,12 +26,12 @@ class Settings(BaseSettings):
     pool_max_size: int = 20
     acquire_timeout_seconds: float = 5.0  # waiting for a pooled database connection, at most
     connect_timeout_seconds: float = 5.0  # a new database connection, at most
-    statement_timeout_seconds: float = 10.0  # any one statement, at most (the server ends it); then 503 (or a loop's retry)
+    statement_timeout_seconds: float = 10.0  # any one statement (the server ends it); then 503 or a loop's retry
     command_retries: int = 8
     ingest_max_batch: int = 2000  # Kafka commands the ingestor fetches and decides together, at most
     ingest_consumers: int = 2  # consumers per process (each its own partitions): one decides while another waits
     relay_batch: int = 2000  # events the relay publishes per produce round and checkpoint, at most
-    poll_interval_seconds: float = 1.0
+    poll_interval_seconds: float = 1.0  # projector fallback when no NOTIFY arrives
     sweep_interval_seconds: float = 1.0  # how often expired holds are recorded and expired offers passed on
     webhooks_allow_private: bool = False  # endpoints on loopback/private addresses, and http to them
     webhook_secrets_key: str | None = None  # a Fernet key for webhook secrets at rest (else one kept in the DB)
@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int = 60  # per client address; then 429 RATE_LIMITED until the window clears
     head_timeout_seconds: float = 10.0  # a request head must arrive within this of its first byte
     body_timeout_seconds: float = 30.0  # a request body must arrive within this
-    max_connections: int = 1000  # open HTTP connections per gateway process; more are closed at once  # projector fallback when no NOTIFY arrives
+    max_connections: int = 1000  # open HTTP connections per gateway process; more are closed at once
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}.{name}"
