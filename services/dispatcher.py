@@ -31,7 +31,8 @@ from services.aio import cancel_all
 from services.loops import forever
 from services.relay import appointment_id_of, cloud_event
 from services.settings import Settings
-from services.store.eventstore import EventStore, LogWaker, load_checkpoint, save_checkpoint, wait_flag
+from services.store.eventstore import EventStore, load_checkpoint, save_checkpoint
+from services.store.waker import LogWaker, wait_flag
 from services.webhooks import Subscriptions, check_url, signature, wants
 
 CHECKPOINT = "webhooks"

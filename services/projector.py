@@ -19,7 +19,8 @@ from projections.base import Load, Projector, apply_batch, decoded
 from projections.registry import ASYNCHRONOUS, INLINE, all_projectors
 from services.logs import log
 from services.loops import health
-from services.store.eventstore import START, EventStore, LogPosition, LogWaker, position_of, save_checkpoint, wait_flag
+from services.store.eventstore import START, EventStore, LogPosition, position_of, save_checkpoint
+from services.store.waker import LogWaker, wait_flag
 
 REBUILD_BATCH = 20_000
 

@@ -23,8 +23,8 @@ from services.aio import cancel_all
 from services.loops import health
 from services.produce import produce
 from services.settings import Settings
-from services.store.eventstore import (EventStore, LogWaker, StoredEvent, load_checkpoint, position_of,
-                                       save_checkpoint, wait_flag)
+from services.store.eventstore import EventStore, StoredEvent, load_checkpoint, position_of, save_checkpoint
+from services.store.waker import LogWaker, wait_flag
 
 CHECKPOINT = "relay:events"
 RELAYED = Counter("slotledger_relay_events_total", "Events published to the events topic")

@@ -24,7 +24,8 @@ from services.settings import Settings
 from services.sweeper import HoldSweeper
 from services.dispatcher import Dispatcher
 from services.webhooks import Subscriptions, Vault
-from services.store.eventstore import EventStore, LogWaker
+from services.store.eventstore import EventStore
+from services.store.waker import LogWaker
 from services.store.pool import create_pool
 from services.store.migrate import migrate
 

@@ -5,8 +5,9 @@ import asyncpg
 import pytest
 
 from services.store.eventstore import (
-    START, Append, ConcurrencyError, EventStore, LogWaker, NewEvent, load_checkpoint, save_checkpoint, wait_flag,
+    START, Append, ConcurrencyError, EventStore, NewEvent, load_checkpoint, save_checkpoint,
 )
+from services.store.waker import LogWaker, wait_flag
 
 
 def ev(n: int = 0) -> NewEvent:
