@@ -190,7 +190,7 @@ class EventStore:
         self._on_commit.append(listener)
 
     def announce(self) -> None:
-        """Events were committed: wake the log's readers (see services.store.waker). Writers call it after their commit."""
+        """Events were committed: wake the log's readers (services.store.waker). Writers call it after committing."""
         for listener in self._on_commit:
             listener()
 
