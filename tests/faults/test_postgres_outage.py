@@ -180,8 +180,9 @@ async def test_postgres_gone_and_back_under_load(own_postgres, tmp_path, fault, 
                     await asyncio.sleep(0.5)
 
             await asyncio.gather(inject(), over_kafka(), *(client(c) for c in range(8)))
+            told_after = sorted(round(t - fault_at[0], 2) for t in told_at.values())
             print(f"\npostgres {fault} ({down_for}s) under 8 clients: outcomes {dict(outcomes)}; "
-                  f"first 503s {sorted(round(t - fault_at[0], 2) for t in told_at.values())}s after the fault; "
+                  f"first 503s {told_after}s after the fault; "
                   f"first 201 {first_ok_after}s after restart; /readyz postgres ok after {ready_after}s")
 
             [(status, down)] = readiness_while_down
@@ -190,7 +191,6 @@ async def test_postgres_gone_and_back_under_load(own_postgres, tmp_path, fault, 
             assert not any(status == 500 for status, *_ in (k for k in outcomes if isinstance(k, tuple))), outcomes
             # It was down, and every client was told (a create, a read or a change answered 503), within the
             # statement timeout: a stalled server's connections are dropped, not waited on for a cancellation.
-            told_after = sorted(round(t - fault_at[0], 2) for t in told_at.values())
             assert len(told_at) == 8, (told_after, outcomes)
             assert told_after[-1] < STATEMENT_TIMEOUT + UNANSWERED_AFTER + 1, (told_after, outcomes)
             assert first_ok_after and first_ok_after[0] < 10, (first_ok_after, outcomes)
