@@ -32,6 +32,7 @@ from services import command_results
 from services.command_results import CommandAlreadyApplied, PendingResult
 from services.outcome import Meta
 from services.store.eventstore import GUARD, Append, ConcurrencyError, EventStore, NewEvent, SideWrite, StoredEvent
+from services.store.pool import DATABASE_UNAVAILABLE
 
 
 class Conflict(Exception):
@@ -91,6 +92,28 @@ def _first_sightings(org: uuid.UUID, work: "Work") -> list[Write]:
 _CONFIG_CURRENT = "EXISTS (SELECT 1 FROM orgs WHERE org_id = $1::uuid AND config_version = $2::bigint)"
 
 
+class StreamLock:
+    """This process's lock on a stream. A holder that leaves because the database did not answer (stalled,
+    down) marks it: whoever was already waiting is told the database is unavailable at once, rather than
+    sending its own statement to the same server and waiting out a second timeout behind the first."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._failures = 0  # holders that left for want of a database
+
+    async def __aenter__(self) -> None:
+        failures = self._failures
+        await self._lock.acquire()
+        if self._failures != failures:
+            self._lock.release()
+            raise TimeoutError("the database did not answer the command ahead of this one")
+
+    async def __aexit__(self, kind, exc, tb) -> None:
+        if isinstance(exc, DATABASE_UNAVAILABLE):
+            self._failures += 1
+        self._lock.release()
+
+
 @dataclass
 class UnitOfWork:
     pool: asyncpg.Pool
@@ -99,13 +122,13 @@ class UnitOfWork:
     cache_size: int = 20_000
     _catalogs: dict[str, tuple[int, cat.Catalog, dict[str, int]]] = field(default_factory=dict)
     _days: OrderedDict[str, wd.WindowDay] = field(default_factory=OrderedDict)
-    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _locks: dict[str, StreamLock] = field(default_factory=dict)
 
     # -- locks and retries ---------------------------------------------------------------------------
-    def lock(self, key: str) -> asyncio.Lock:
+    def lock(self, key: str) -> StreamLock:
         lock = self._locks.get(key)
         if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
+            lock = self._locks[key] = StreamLock()
         return lock
 
     @contextlib.asynccontextmanager
