@@ -49,8 +49,8 @@ class Statement:
     def text(self, guard: str = "true") -> str:
         return self.sql.replace(GUARD_SLOT, guard)
 
-    async def run(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(self.text(), self.rows)
+    async def run(self, conn: asyncpg.Connection, timeout: float | None = None) -> None:
+        await conn.execute(self.text(), self.rows, timeout=timeout)
 
 
 def compile_writes(writes: Iterable[Write]) -> list[Statement]:

@@ -20,9 +20,14 @@ from projections.registry import ASYNCHRONOUS, INLINE, all_projectors
 from services.logs import log
 from services.loops import health
 from services.store.eventstore import START, EventStore, LogPosition, position_of, save_checkpoint
+from services.store.pool import UNANSWERED_AFTER
 from services.store.waker import LogWaker, wait_flag
 
 REBUILD_BATCH = 20_000
+# Any one statement of a rebuild, at most. Not the request limit (STATEMENT_TIMEOUT_SECONDS): a rebuild's index
+# builds and counts grow with the history (one would pass 10 s at some 6M appointments), and its TRUNCATE waits
+# for whoever reads the tables meanwhile.
+MAINTENANCE_TIMEOUT = 3600.0
 
 
 def _lock_key(projector: Projector) -> int:
@@ -91,7 +96,7 @@ class ProjectorRunner:
 
 
 async def rebuild(pool: asyncpg.Pool, store: EventStore, names: list[str] | None = None,
-                  batch_size: int = REBUILD_BATCH) -> dict[str, dict]:
+                  batch_size: int = REBUILD_BATCH, statement_timeout: float = MAINTENANCE_TIMEOUT) -> dict[str, dict]:
     """Empty the chosen read models and replay the whole log into them, reading it once, in one transaction.
     Rows a batch creates go in by COPY, folded in memory (projections.base.Load); later changes to them run
     as the projectors' statements.
@@ -99,7 +104,10 @@ async def rebuild(pool: asyncpg.Pool, store: EventStore, names: list[str] | None
     TRUNCATE locks the tables: inline writers wait until the rebuild commits, so every committed event that
     touches them is read (without the gap-safe bound, which a waiting writer's open transaction would hold
     back), and the writers then apply theirs on top. Asynchronous projections keep the gap-safe read, and
-    resume from the checkpoint set here."""
+    resume from the checkpoint set here.
+
+    Its statements run under `statement_timeout`, the server's limit and the client's (the pool's limit, a
+    request's, is lifted for this transaction)."""
     chosen = [p for p in all_projectors() if not names or p.name in names]
     unknown = set(names or ()) - {p.name for p in chosen}
     if unknown:
@@ -107,37 +115,39 @@ async def rebuild(pool: asyncpg.Pool, store: EventStore, names: list[str] | None
     gap_safe = any(p in ASYNCHRONOUS for p in chosen)
     report: dict[str, dict] = {}
     started = time.perf_counter()
+    limit = statement_timeout + UNANSWERED_AFTER  # the client's, as the pool's is (services/store/pool.py)
     async with pool.acquire() as conn, conn.transaction(), _no_cycle_collection():
+        await conn.execute(f"SET LOCAL statement_timeout = {round(statement_timeout * 1000)}")
         for projector in chosen:  # in the runner's order, so the two never deadlock
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(projector))
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(projector), timeout=limit)
             for table in projector.tables:
-                await conn.execute(f"TRUNCATE {table}")
-            await conn.execute("DELETE FROM checkpoints WHERE name = $1", projector.name)
+                await conn.execute(f"TRUNCATE {table}", timeout=limit)
+            await conn.execute("DELETE FROM checkpoints WHERE name = $1", projector.name, timeout=limit)
         # Lookup indexes are built once at the end rather than kept up row by row (the unique ones stay: the
         # projectors' upserts need them). In the same transaction: no reader ever sees a table without them.
         lookups = await conn.fetch(
             "SELECT i.indexrelid::regclass::text AS name, pg_get_indexdef(i.indexrelid) AS definition"
             " FROM pg_index i WHERE i.indrelid = ANY($1::regclass[]) AND NOT i.indisunique"
             " AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)",
-            [t for p in chosen for t in p.tables])
+            [t for p in chosen for t in p.tables], timeout=limit)
         for index in lookups:
-            await conn.execute(f"DROP INDEX {index['name']}")
+            await conn.execute(f"DROP INDEX {index['name']}", timeout=limit)
         load = Load.of(chosen)
         position, events = START, 0
         async for batch, statements, rows in _projected(pool, store, chosen, load, gap_safe, batch_size):
             for statement in statements:
-                await statement.run(conn)
+                await statement.run(conn, timeout=limit)
             for table, records in rows.items():
-                await conn.copy_records_to_table(table, records=records, columns=load.columns[table])
+                await conn.copy_records_to_table(table, records=records, columns=load.columns[table], timeout=limit)
             events += len(batch)
             position = position_of(batch[-1])
         await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
         for index in lookups:
-            await conn.execute(index["definition"])
+            await conn.execute(index["definition"], timeout=limit)
         for projector in chosen:
             if events and projector not in INLINE:
                 await save_checkpoint(conn, projector.name, position)
-            rows = {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in projector.tables}
+            rows = {t: await conn.fetchval(f"SELECT count(*) FROM {t}", timeout=limit) for t in projector.tables}
             report[projector.name] = {"events": events, "rows": rows}
     log.info("rebuilt", projections=[p.name for p in chosen], events=events,
              seconds=round(time.perf_counter() - started, 3))
