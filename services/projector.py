@@ -20,7 +20,7 @@ from projections.registry import ASYNCHRONOUS, INLINE, all_projectors
 from services.logs import log
 from services.loops import health
 from services.store.eventstore import START, EventStore, LogPosition, position_of, save_checkpoint
-from services.store.pool import UNANSWERED_AFTER
+from services.store.pool import limit_statements
 from services.store.waker import LogWaker, wait_flag
 
 REBUILD_BATCH = 20_000
@@ -115,9 +115,8 @@ async def rebuild(pool: asyncpg.Pool, store: EventStore, names: list[str] | None
     gap_safe = any(p in ASYNCHRONOUS for p in chosen)
     report: dict[str, dict] = {}
     started = time.perf_counter()
-    limit = statement_timeout + UNANSWERED_AFTER  # the client's, as the pool's is (services/store/pool.py)
     async with pool.acquire() as conn, conn.transaction(), _no_cycle_collection():
-        await conn.execute(f"SET LOCAL statement_timeout = {round(statement_timeout * 1000)}")
+        limit = await limit_statements(conn, statement_timeout)
         for projector in chosen:  # in the runner's order, so the two never deadlock
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(projector), timeout=limit)
             for table in projector.tables:

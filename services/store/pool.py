@@ -22,6 +22,21 @@ DATABASE_UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.P
 UNANSWERED_AFTER = 0.5
 
 
+def _server_limit(seconds: float) -> str:
+    return str(round(seconds * 1000))  # statement_timeout's unit
+
+
+def _client_limit(seconds: float) -> float:
+    return seconds + UNANSWERED_AFTER
+
+
+async def limit_statements(conn: asyncpg.Connection, seconds: float) -> float:
+    """Within the caller's transaction, a statement limit other than the pool's (a maintenance step's): the
+    server's, set here, and the client's, returned for each of the transaction's calls to pass as `timeout`."""
+    await conn.execute(f"SET LOCAL statement_timeout = {_server_limit(seconds)}")
+    return _client_limit(seconds)
+
+
 # JSON in binary format: no str round trip, and binary COPY (a rebuild's loads) can carry jsonb columns.
 # jsonb's binary form is a version byte (1) and the text; json's is the text alone.
 def _json_out(value: Any) -> bytes:
@@ -89,8 +104,8 @@ async def create_pool(url: str, schema: str = "public", min_size: int = 2, max_s
         url, min_size=min_size, max_size=max_size, max_queries=50_000, max_inactive_connection_lifetime=300.0,
         loop=None, connect=None, setup=None, init=init_connection, reset=_release,
         connection_class=Connection, record_class=asyncpg.Record, timeout=connect_timeout,
-        command_timeout=statement_timeout + UNANSWERED_AFTER,
+        command_timeout=_client_limit(statement_timeout),
         server_settings={"search_path": schema, "application_name": "slotledger",
-                         "statement_timeout": str(round(statement_timeout * 1000))})
+                         "statement_timeout": _server_limit(statement_timeout)})
     pool.acquire_timeout = acquire_timeout
     return await pool
