@@ -38,9 +38,12 @@ def _collect_cycles_rarely() -> None:
     """What startup built (modules, schemas, catalogs) lives as long as the process: out of the cycle collector's
     sight. Its youngest generation waits for 10,000 new objects, not 700: a Kafka batch or a burst of HTTP
     creates makes hundreds of thousands, nearly none in cycles, and the default thresholds spent 15-20% of
-    the ingestor's CPU collecting them (and walking the cached window-days over and over)."""
+    the ingestor's CPU collecting them (and walking the cached window-days over and over). The middle
+    generation waits for 100 young collections, not 10: what a young collection finds alive is mostly a batch
+    in hand, gone by refcount within a second, so a rarer middle collection walks only what truly stayed (the
+    ingestor's collections fell from 50 to 18 µs per command, its longest pauses unchanged)."""
     gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
+    gc.set_threshold(10_000, 100, 10)
 
 
 def _run_service(main: Awaitable[None]) -> None:
