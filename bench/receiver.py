@@ -51,8 +51,11 @@ class _Lags:
 
 
 class RelayLagReader(_Lags):
-    """Reads the events topic from its end as the load starts, with a short fetch wait (so the wait is not
-    what is measured)."""
+    """Reads the events topic from its end as the load starts. Its fetches wait on the broker the client's
+    default 500 ms: with fetch_min_bytes 1 the broker answers a waiting fetch as soon as an event lands, so the
+    wait bounds only idle time, never the lag. (A 5 ms wait, as this reader had until session 16, made the
+    broker answer hundreds of fetches a second: 0.2-0.35 of the 2 cores, which cut the 64-client creates/s it
+    was measured beside by a fifth and raised the lag it measured; bench/reports/ab-session16-lag-reader.txt.)"""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         super().__init__()
@@ -63,7 +66,7 @@ class RelayLagReader(_Lags):
 
     async def _read(self) -> None:
         consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap, auto_offset_reset="latest",
-                                    enable_auto_commit=False, fetch_max_wait_ms=5)
+                                    enable_auto_commit=False)
         await consumer.start()
         try:
             while not consumer.assignment():
