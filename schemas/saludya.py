@@ -1,7 +1,6 @@
 """SaludYa's `PUT /api/appointments/:id` request and response (seeds/003), for SaludYa clients unchanged."""
 from __future__ import annotations
 
-import datetime as dt
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field
