@@ -58,10 +58,11 @@ MISSING_TOOLS = (
 # Kafka's documented JVM settings (kafka.apache.org, "Java Version"; the heap of kafka-server-start.sh). The region
 # size matters most here: our producers send batches of up to 1 MB, and with G1's default regions (1 MB at this
 # heap) every buffer of half a region or more is humongous, goes straight to the old generation and starts a
-# concurrent marking cycle. In the bench's Kafka phase that marking and the collections behind it took 64 µs of
-# broker CPU per command, against 2 µs with 16 MB regions (its request handling: about 35).
-_HEAP = ("-Xms1g", "-Xmx1g", "-XX:+UseG1GC", "-XX:G1HeapRegionSize=16M", "-XX:MaxGCPauseMillis=20",
-         "-XX:InitiatingHeapOccupancyPercent=35")
+# concurrent marking cycle. In the bench's Kafka phase that marking and the collections behind it took 54-94 µs
+# of broker CPU per command, against 2 µs with 16 MB regions (its request handling: 30-37;
+# bench/reports/ab-session16-broker-gc.txt).
+_JVM_OPTIONS = ("-Xms1g", "-Xmx1g", "-XX:+UseG1GC", "-XX:G1HeapRegionSize=16M", "-XX:MaxGCPauseMillis=20",
+                "-XX:InitiatingHeapOccupancyPercent=35")
 
 
 class MissingToolError(RuntimeError):
@@ -147,7 +148,7 @@ class LocalKafka:
         ]))
         log4j = self.data_dir / "log4j2.properties"
         log4j.write_text(_LOG4J2)
-        java = ["java", *_HEAP, "-Djava.awt.headless=true",
+        java = ["java", *_JVM_OPTIONS, "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{lib}/*"]
         if fresh:  # the quorum voters (and so the ports) are in the formatted metadata: format afresh
             shutil.rmtree(log_dirs, ignore_errors=True)
