@@ -140,12 +140,12 @@ async def rebuild(pool: asyncpg.Pool, store: EventStore, names: list[str] | None
                 await conn.copy_records_to_table(table, records=records, columns=load.columns[table], timeout=limit)
             events += len(batch)
             position = position_of(batch[-1])
-        await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        await conn.execute("SET LOCAL maintenance_work_mem = '256MB'", timeout=limit)
         for index in lookups:
             await conn.execute(index["definition"], timeout=limit)
         for projector in chosen:
             if events and projector not in INLINE:
-                await save_checkpoint(conn, projector.name, position)
+                await save_checkpoint(conn, projector.name, position, timeout=limit)
             rows = {t: await conn.fetchval(f"SELECT count(*) FROM {t}", timeout=limit) for t in projector.tables}
             report[projector.name] = {"events": events, "rows": rows}
     log.info("rebuilt", projections=[p.name for p in chosen], events=events,

@@ -311,10 +311,12 @@ async def load_checkpoint(conn: asyncpg.Connection, name: str) -> LogPosition:
     return START if row is None else LogPosition(row["tx"], row["global_position"])
 
 
-async def save_checkpoint(conn: asyncpg.Connection, name: str, position: LogPosition) -> None:
-    """Call inside the consumer's transaction, so its writes and its place in the log commit together."""
+async def save_checkpoint(conn: asyncpg.Connection, name: str, position: LogPosition,
+                          timeout: float | None = None) -> None:
+    """Call inside the consumer's transaction, so its writes and its place in the log commit together.
+    `timeout`: the client's limit, when the transaction runs under another than the pool's."""
     await conn.execute(
         "INSERT INTO checkpoints (name, transaction_id, global_position) VALUES ($1, $2::text::xid8, $3)"
         " ON CONFLICT (name) DO UPDATE SET transaction_id = EXCLUDED.transaction_id,"
         " global_position = EXCLUDED.global_position, updated_at = now()",
-        name, str(position.transaction_id), position.global_position)
+        name, str(position.transaction_id), position.global_position, timeout=timeout)
