@@ -31,7 +31,8 @@ from projections.registry import INLINE
 from services import command_results
 from services.command_results import CommandAlreadyApplied, PendingResult
 from services.outcome import Meta
-from services.store.eventstore import GUARD, Append, ConcurrencyError, EventStore, NewEvent, SideWrite, StoredEvent
+from services.store.eventstore import (GUARD, Append, ConcurrencyError, EventStore, NewEvent, SideWrite, StoredEvent,
+                                      new_event_id)
 from services.store.pool import DATABASE_UNAVAILABLE
 
 
@@ -82,7 +83,7 @@ def _first_sightings(org: uuid.UUID, work: "Work") -> list[Write]:
                 continue
             registered = patients.registration(event)
             stream = patients.stream_of(registered.patient_id)
-            out.append(Write("events", _FIRST_EVENT, (uuid.uuid4(), stream, registered.type, registered.version,
+            out.append(Write("events", _FIRST_EVENT, (new_event_id(), stream, registered.type, registered.version,
                                                       registered.data(), meta.as_dict(), org), (stream,)))
             out.append(Write("streams", _FIRST_STREAM, (stream, org), (stream,)))
             out += [w for p in INLINE for w in p.writes(registered, org)]

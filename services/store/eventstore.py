@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, Callable, NamedTuple, Sequence
 
 import asyncpg
+import uuid_utils.compat
 
 
 class ConcurrencyError(Exception):
@@ -30,6 +31,13 @@ class LogPosition(NamedTuple):
 START = LogPosition(0, 0)
 
 
+def new_event_id() -> uuid.UUID:
+    """A UUIDv7 (RFC 9562): time first, then 74 random bits. Each event's id enters a unique index; random ids
+    (v4) landed on a random page of it every time, time-ordered ones land beside the last (Marten's sequential
+    ids, for the same reason). uuid_utils makes one in 1.8 µs, against 3.9 for uuid.uuid4."""
+    return uuid_utils.compat.uuid7()
+
+
 def position_of(row: asyncpg.Record) -> LogPosition:
     """The log position of a row read by replay_log or publish_log."""
     return LogPosition(row["transaction_id"], row["global_position"])
@@ -39,7 +47,7 @@ def position_of(row: asyncpg.Record) -> LogPosition:
 class NewEvent:
     type: str
     data: dict[str, Any]
-    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = field(default_factory=new_event_id)
     schema_version: int = 1
     metadata: dict[str, Any] = field(default_factory=dict)
 

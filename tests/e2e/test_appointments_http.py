@@ -123,6 +123,13 @@ async def test_idempotent_create_by_external_reference(api):
     await api.patch(f"/v1/appointments/{first['appointment_id']}", {"status": "cancelled"})
     status, fresh = await api.post("/v1/appointments", body(api, external_reference_id="crm-1"))
     assert status == 201 and fresh["appointment_id"] != first["appointment_id"]
+    status, other = await api.post("/v1/appointments", body(api, phone="5550001", hhmm="11:00"))
+    assert status == 201 and other["data"]["external_reference_id"] is None
+    pos = other["data"]["position"]
+    status, found = await api.get(f"/v1/appointments?external_reference_id=crm-1&min_position={pos}")
+    assert status == 200
+    assert sorted(a["appointment_id"] for a in found["data"]) == sorted([first["appointment_id"],
+                                                                        fresh["appointment_id"]])
 
 
 async def test_config_services_branches_windows(api):

@@ -26,6 +26,18 @@ async def test_append_and_read_stream(store):
     assert [e.data["n"] for e in await store.read_stream("s-1", after_version=2)] == [3]
 
 
+async def test_event_ids_are_time_ordered_so_the_unique_index_grows_at_its_end(store):
+    first = await store.append([Append("ids-1", 0, [ev(1), ev(2)])])
+    second = await store.append([Append("ids-2", 0, [ev(3)]), Append("ids-1", 2, [ev(4)])])
+    stored = first + second
+    assert {e.event_id.version for e in stored} == {7}
+    assert sorted(stored, key=lambda e: e.event_id) == sorted(stored, key=lambda e: e.position)
+    async with store.pool.acquire() as conn:
+        logged = await conn.fetch("SELECT event_id FROM events WHERE stream_id IN ('ids-1', 'ids-2')"
+                                  " ORDER BY global_position")
+    assert [r["event_id"] for r in logged] == sorted(e.event_id for e in stored)
+
+
 async def test_concurrent_appends_to_one_stream_exactly_one_wins_per_version(store):
     await store.append([Append("hot", 0, [ev(0)])])
 
