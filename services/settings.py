@@ -14,7 +14,7 @@ class Settings(BaseSettings):
     database_schema: str = "public"
     kafka_bootstrap: str | None = None  # unset: `up` starts a local broker
     topic_prefix: str = "slotledger"
-    topic_partitions: int = 4  # for topics the service creates itself
+    topic_partitions: int = 8  # for topics the service creates itself (the ingestor's consumers share the commands')
     topic_replication: int = 1
     http_host: str = "127.0.0.1"
     http_port: int = 8080
@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     statement_timeout_seconds: float = 10.0  # any one statement (the server ends it); then 503 or a loop's retry
     command_retries: int = 8
     ingest_max_batch: int = 2000  # Kafka commands the ingestor fetches and decides together, at most
-    ingest_consumers: int = 2  # consumers per process (each its own partitions): one decides while another waits
+    ingest_consumers: int = 4  # consumers per process (each its own partitions): some decide while others wait
     relay_batch: int = 2000  # events the relay publishes per produce round and checkpoint, at most
     poll_interval_seconds: float = 1.0  # projector fallback when no NOTIFY arrives
     sweep_interval_seconds: float = 1.0  # how often expired holds are recorded and expired offers passed on
