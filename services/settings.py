@@ -14,7 +14,7 @@ class Settings(BaseSettings):
     database_schema: str = "public"
     kafka_bootstrap: str | None = None  # unset: `up` starts a local broker
     topic_prefix: str = "slotledger"
-    topic_partitions: int = 8  # for topics the service creates itself (the ingestor's consumers share the commands')
+    topic_partitions: int = 8  # for topics the service creates itself; at most this many consumers share commands
     topic_replication: int = 1
     http_host: str = "127.0.0.1"
     http_port: int = 8080
