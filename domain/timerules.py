@@ -1,6 +1,7 @@
 """Time: appointment dates are instants; windows are wall-clock times in the org's timezone."""
 from __future__ import annotations
 
+import functools
 import re
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -30,6 +31,7 @@ def parse_instant(value: str, field: str = "appointment_date") -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
+@functools.lru_cache(maxsize=4096)  # a batch's `now` and a window's slot starts come back on every booking
 def iso_utc(moment: datetime) -> str:
     """The seeds' format: 2026-06-15T09:30:00.000Z."""
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"  # "+00:00" → "Z"

@@ -464,3 +464,12 @@ def test_a_doctor_named_in_any_case_or_by_id_is_linked():
     free = world.create(request("2026-03-03T10:30:00Z", phone="+3", assigned_doctor="Dr. Who"))
     assert (by_name["doctor_id"], by_id["doctor_id"], free["doctor_id"]) == ("doc_aaaaaaaaaa",) * 2 + (None,)
     assert by_id["assigned_doctor"] == "Dr. Carlos Ramírez"
+
+
+def test_an_instant_prints_the_same_from_any_zone_and_naive_times_are_not_mistaken_for_it():
+    from domain.timerules import iso_utc, zone
+    instant = dt.datetime(2026, 6, 15, 9, 30, tzinfo=dt.timezone.utc)
+    assert iso_utc(instant) == iso_utc(instant.astimezone(zone("Asia/Kolkata"))) == "2026-06-15T09:30:00.000Z"
+    assert iso_utc(instant + dt.timedelta(milliseconds=1)) == "2026-06-15T09:30:00.001Z"
+    naive = dt.datetime(2026, 6, 15, 9, 30)  # its wall clock is the machine's, never the cached UTC instant's
+    assert iso_utc(naive) == naive.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
