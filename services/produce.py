@@ -7,39 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import random
-import struct
 from typing import Iterable, Sequence
 
 from aiokafka import AIOKafkaProducer
+from murmurhash2 import murmurhash2
 
 # key, value, headers (a list, as the batch builder wants one)
 Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 
 
-_M = 0x5BD1E995
-_U32 = 0xFFFFFFFF
+_KAFKA_SEED = 0x9747B28C
 
 
 def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2, unsigned), as aiokafka.partitioner's, a
-    word at a time: that one costs more per message than building the message."""
-    length = len(data)
-    h = 0x9747B28C ^ length
-    words = length >> 2
-    for k in struct.unpack_from(f"<{words}I", data):
-        k = (k * _M) & _U32
-        k = ((k ^ (k >> 24)) * _M) & _U32
-        h = ((h * _M) & _U32) ^ k
-    tail = length & 3
-    if tail:
-        rest = data[words << 2:]
-        if tail == 3:
-            h ^= rest[2] << 16
-        if tail >= 2:
-            h ^= rest[1] << 8
-        h = ((h ^ rest[0]) * _M) & _U32
-    h = ((h ^ (h >> 13)) * _M) & _U32
-    return h ^ (h >> 15)
+    """Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2, unsigned): MurmurHash2 with Kafka's seed,
+    in compiled code: 0.3 µs, where a pure-Python one took 4, and every result and every relayed event needs one."""
+    return murmurhash2(data, _KAFKA_SEED)
 
 
 def partition_of(key: bytes | None, partitions: Sequence[int]) -> int:

@@ -52,6 +52,16 @@ def test_the_screen_refuses_exactly_what_the_walk_refuses(raw):
     assert (walked is None) == (raw in GOOD)
 
 
+# Kafka's UtilsTest.testMurmur2 (the Java client's values, signed)
+JAVA_MURMUR2 = {b"21": -973932308, b"foobar": -790332482, b"a-little-bit-long-string": -985981536,
+                b"a-little-bit-longer-string": -1486304829, b"abc": 479470107,
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971}
+
+
+def test_murmur2_is_the_java_clients():
+    assert {key: murmur2(key) - (murmur2(key) >> 31 << 32) for key in JAVA_MURMUR2} == JAVA_MURMUR2
+
+
 def test_messages_land_on_the_partition_kafkas_default_partitioner_picks():
     keys = [os.urandom(n) for n in range(64) for _ in range(50)] + [b"appt_0123456789", str(uuid.uuid4()).encode()]
     assert [murmur2(k) for k in keys] == [aiokafka_murmur2(k) for k in keys]
