@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import random
 import uuid
 from collections import OrderedDict
@@ -113,6 +114,19 @@ class StreamLock:
         if isinstance(exc, DATABASE_UNAVAILABLE):
             self._failures += 1
         self._lock.release()
+
+
+# Each stream's missing events as one range of its (stream, version) key, read by a lateral subquery that
+# OFFSET 0 keeps from being flattened into a join: a range scan of that index per stream whatever the statistics
+# say. A join on every (stream, version) pair was planned as a hash join over the whole log once a process
+# loaded a busy calendar's days cold (~100k pairs: 1.9 s a query in the full bench, 115 µs per event), and its
+# ORDER BY sorted every event's data, spilling to disk; the order is restored in Python instead.
+_EVENTS_AFTER = (
+    "SELECT e.stream_id, e.stream_version, e.event_type, e.data"
+    " FROM unnest($1::text[], $2::int[], $3::int[]) AS k(stream_id, after, upto)"
+    " CROSS JOIN LATERAL (SELECT stream_id, stream_version, event_type, data FROM events"
+    " WHERE stream_id = k.stream_id AND stream_version > k.after AND stream_version <= k.upto OFFSET 0) AS e")
+_STREAM_ORDER = operator.itemgetter(0, 1)
 
 
 @dataclass
@@ -229,15 +243,13 @@ class UnitOfWork:
         if asked:
             versions = await conn.fetch("SELECT stream_id, version FROM streams WHERE stream_id = ANY($1::text[])"
                                         + (" ORDER BY stream_id FOR UPDATE" if hold else ""), asked)
-            # Each missing event by its key, (stream, version): a unique-key probe whatever the statistics say
-            # (a join on the stream alone may be planned as a scan of the whole log while the table is young).
-            missing = [(stream, v) for stream, version in versions for v in range(out[stream].version + 1, version + 1)]
-            if missing:
-                for row in await conn.fetch(
-                        "SELECT e.stream_id, e.event_type, e.data FROM unnest($1::text[], $2::int[]) AS k(s, v)"
-                        " JOIN events e ON e.stream_id = k.s AND e.stream_version = k.v ORDER BY k.s, k.v",
-                        [s for s, _ in missing], [v for _, v in missing]):
-                    out[row["stream_id"]].apply(ev.from_stored(row["event_type"], row["data"]))
+            behind = [(stream, out[stream].version, version) for stream, version in versions
+                      if version > out[stream].version]
+            if behind:
+                rows = await conn.fetch(_EVENTS_AFTER, *map(list, zip(*behind)))
+                rows.sort(key=_STREAM_ORDER)  # each stream's events in the order they happened
+                for row in rows:
+                    out[row[0]].apply(ev.from_stored(row[2], row[3]))
         for stream, day in out.items():
             if verify or stream in new:
                 self._remember(day)
