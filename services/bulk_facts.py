@@ -61,13 +61,16 @@ async def read(uow: UnitOfWork, now: datetime, conn: asyncpg.Connection, command
     appointments = [c.appointment_id for c in commands if c.type != "create_appointment"]
     refs = [(str(c.org_id), c.payload.external_reference_id) for c in commands
             if c.type == "create_appointment" and c.payload.external_reference_id]
-    for row in await conn.fetch(
+    # A run of creates without references asks nothing here, and the query is not sent: with nothing to find it
+    # still read ~2,200 pages a batch once the calendar was busy (43-55 ms each in the full bench's Kafka phase).
+    homes = await conn.fetch(
             "SELECT a.appointment_id, a.org_id::text AS org, a.stream_id, r.external_reference_id AS ref"
             " FROM appointment_streams a LEFT JOIN booking_refs r USING (appointment_id)"
             " WHERE a.appointment_id = ANY($1::text[]) OR (a.org_id, a.appointment_id) IN (SELECT b.org_id,"
             " b.appointment_id FROM booking_refs b JOIN unnest($2::uuid[], $3::text[]) AS k(org, ref)"
             " ON b.org_id = k.org AND b.external_reference_id = k.ref)",
-            appointments, [o for o, _ in refs], [r for _, r in refs]):
+            appointments, [o for o, _ in refs], [r for _, r in refs]) if appointments or refs else []
+    for row in homes:
         facts.homes[row["appointment_id"]] = (row["org"], row["stream_id"])
         if row["ref"]:
             facts.refs[(row["org"], row["ref"])] = row["appointment_id"]
