@@ -1,0 +1,80 @@
+"""The ingestor's decide path alone: creates as the Kafka bench publishes them, decoded, decided set-wise and
+committed with their results by Ingestor._decide_batch, against a durable local PostgreSQL, without the broker
+(no fetch, no produce, no relay). Prints this process's and PostgreSQL's CPU per command for each run. A
+narrower lens than the Kafka phase, for changes to the Python of deciding; compare alternated runs, and the
+ratio of the two figures where the machine's speed moves between runs.
+
+  python -m bench.decide [--commands 20000] [--batch 2000] [--runs 3]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+from bench.run import SPREAD_DAYS, set_up_clinic, tree_cpu
+from services.cli import _collect_cycles_rarely, _run_service
+from services.ingestor import Ingestor
+from services.local.ports import free_port
+from services.local.postgres import LocalPostgres
+from services.runtime import Runtime
+from services.settings import Settings
+
+
+def commands(clinic: dict, run: int, count: int) -> list[bytes]:
+    """What bench.run's kafka phase publishes: creates over SPREAD_DAYS days × 3 windows, a new patient each."""
+    today, out = dt.date.today(), []
+    for i in range(count):
+        day = today + dt.timedelta(days=1 + i % SPREAD_DAYS)
+        moment = f"{day.isoformat()}T{8 + (i // SPREAD_DAYS) % 12:02d}:{(i * 7) % 4 * 15:02d}:00Z"
+        out.append(json.dumps({"command_id": str(uuid.uuid4()), "org_id": clinic["org_id"],
+                               "type": "create_appointment",
+                               "payload": {"appointment_type": clinic["service_id"], "appointment_date": moment,
+                                           "patient_name": "Decide Bench",
+                                           "parent_phone": f"+3{run}{i:08d}"}}).encode())
+    return out
+
+
+async def main(count: int, batch: int, runs: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="slotledger-decide-"))
+    pg = LocalPostgres(work / "postgres", durable=True).start()
+    try:
+        settings = Settings(database_url=pg.url, kafka_bootstrap="127.0.0.1:1", topic_prefix="bench",
+                            http_port=free_port(), state_dir=work)
+        clinic = await set_up_clinic(settings)
+        runtime = Runtime(settings, components=())
+        await runtime.start()
+        _collect_cycles_rarely()  # as the service runs
+        try:
+            for run in range(runs):
+                values = commands(clinic, run, count)
+                ingestor = Ingestor(settings, runtime.pool, runtime.handler)
+                python, postgres, started = time.process_time(), tree_cpu(pg.process.pid), time.perf_counter()
+                ok = 0
+                for at in range(0, count, batch):  # a message needs only its value here
+                    items = await ingestor._decide_batch([SimpleNamespace(value=v) for v in values[at:at + batch]])
+                    ok += sum(1 for item in items if item.result and item.result["ok"])
+                python, postgres = time.process_time() - python, tree_cpu(pg.process.pid) - postgres
+                print(f"run {run}: {ok:,} of {count:,} booked, {count / (time.perf_counter() - started):,.0f} cmd/s;"
+                      f" CPU per command: python {1e6 * python / count:.0f} µs, postgres {1e6 * postgres / count:.0f} µs",
+                      flush=True)
+        finally:
+            await runtime.stop()
+    finally:
+        pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--commands", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=2_000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    _run_service(main(args.commands, args.batch, args.runs))
