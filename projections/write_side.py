@@ -98,6 +98,13 @@ def hold_writes(event: ev.Event, org_id, catalog: Catalog) -> list[Write]:
     return []
 
 
+def config_stream(org_id, stream_id: str) -> Write:
+    """A stream of the org's configuration, listed where loading the configuration finds it."""
+    return Write("config_streams", "INSERT INTO config_streams (org_id, stream_id) SELECT * FROM "
+                 + recordset("org_id uuid, stream_id text") + " WHERE {guard} ON CONFLICT DO NOTHING",
+                 (org_id, stream_id), ((org_id, stream_id),))
+
+
 def config_changed(org_id) -> Write:
     """Configuration events bump the org's config_version: every process's cached catalog is then stale."""
     return Write("orgs", "UPDATE orgs SET config_version = config_version + 1"

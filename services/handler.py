@@ -69,7 +69,8 @@ class CommandHandler(Holding):
                                (org, name.strip(), 1), (org,))
         change = Change(f"org-{org_id}", 0, events, [meta or Meta()] * len(events))
         async with self.pool.acquire() as conn:
-            await self.uow.commit(conn, Work(org_id, cat.Catalog(org_id), None, [change], writes=[row]))
+            await self.uow.commit(conn, Work(org_id, cat.Catalog(org_id), None, [change],
+                                             writes=[row, write_side.config_stream(org, change.stream_id)]))
         return await self.catalog(org_id)
 
     async def configure(self, org_id: str, stream: str, decide: Callable[[cat.Catalog], list[ev.Event]],
@@ -90,7 +91,8 @@ class CommandHandler(Holding):
                 stored = await self.uow.commit(conn, Work(
                     org_id, catalog, version, [Change(stream, expected, events, [meta] * len(events))],
                     results=[(stream, result)] if result else (),
-                    writes=[write_side.config_changed(uuid.UUID(org_id))]))
+                    writes=[write_side.config_changed(uuid.UUID(org_id)),
+                            write_side.config_stream(uuid.UUID(org_id), stream)]))
                 outcome.position = stored[-1].position
                 return outcome
 

@@ -127,6 +127,12 @@ _EVENTS_AFTER = (
     " CROSS JOIN LATERAL (SELECT stream_id, stream_version, event_type, data FROM events"
     " WHERE stream_id = k.stream_id AND stream_version > k.after AND stream_version <= k.upto OFFSET 0) AS e")
 _STREAM_ORDER = operator.itemgetter(0, 1)
+# An org's configuration: its configuration streams' events, each stream read by its own key as above.
+_CONFIGURATION = (
+    "SELECT e.stream_id, e.stream_version, e.event_type, e.data, e.global_position FROM config_streams c"
+    " CROSS JOIN LATERAL (SELECT stream_id, stream_version, event_type, data, global_position FROM events"
+    " WHERE stream_id = c.stream_id OFFSET 0) AS e WHERE c.org_id = $1")
+_LOG_ORDER = operator.itemgetter(4)
 
 
 @dataclass
@@ -183,15 +189,13 @@ class UnitOfWork:
         cached = self._catalogs.get(org_id)
         if cached and cached[0] == version:
             return cached[1]
-        rows = await conn.fetch(  # the configuration streams, through events_org_config (same predicate)
-            "SELECT stream_id, stream_version, event_type, data FROM events WHERE org_id = $1"
-            " AND stream_id NOT LIKE 'wd-%' AND stream_id NOT LIKE 'patient-%' ORDER BY global_position",
-            uuid.UUID(org_id))
+        rows = await conn.fetch(_CONFIGURATION, uuid.UUID(org_id))
+        rows.sort(key=_LOG_ORDER)  # the configuration as it happened, across its streams
         catalog = cat.Catalog(org_id=org_id)
         versions: dict[str, int] = {}
         for row in rows:
-            catalog.apply(ev.from_stored(row["event_type"], row["data"]))
-            versions[row["stream_id"]] = row["stream_version"]
+            catalog.apply(ev.from_stored(row[2], row[3]))
+            versions[row[0]] = row[1]
         self._catalogs[org_id] = (version, catalog, versions)
         return catalog
 

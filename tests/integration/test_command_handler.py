@@ -124,3 +124,45 @@ async def test_loading_a_configuration_reads_its_configuration_streams_and_no_pa
     assert len(patient_streams) == 3
     assert len(catalog.windows) == 14 and fresh.uow.catalog_stream_version(org_id, f"org-{org_id}") >= 1
     assert [fresh.uow.catalog_stream_version(org_id, s) for s in patient_streams] == [0, 0, 0]
+
+
+async def test_a_process_loads_an_orgs_configuration_as_the_one_that_wrote_it(pool, store):
+    from services.store.migrate import migration_files
+
+    writer = CommandHandler(pool, store)
+    org_id = await clinic(writer)
+    other = await clinic(writer)  # another org's configuration stays out of it
+    await commands.change_settings(writer, org_id, SettingsPatch(token_numbering=True), Meta())
+    window_id = next(iter((await writer.catalog(org_id)).windows))
+    await commands.disable_window(writer, org_id, window_id, Meta())
+    written = await writer.catalog(org_id)
+    streams = dict(writer.uow._catalogs[org_id][2])
+    assert len(streams) == 1 + 1 + 1 + 14  # the org, its service, branch and windows
+
+    async def loaded() -> tuple:
+        reader = CommandHandler(pool, store)  # another process: nothing cached
+        catalog = await reader.catalog(org_id)
+        return catalog, dict(reader.uow._catalogs[org_id][2])
+
+    assert await loaded() == (written, streams)
+    assert not set((await writer.catalog(other)).windows) & set(written.windows)
+    # An existing log migrated: the list of configuration streams is built from the log alone.
+    migration = next(text for _, name, text in migration_files() if name == "014_config_streams.sql")
+    backfill = next(s for s in migration.split(";") if "INSERT INTO config_streams" in s)
+    async with pool.acquire() as conn:
+        await conn.execute("DELETE FROM config_streams")
+        await conn.execute(backfill)
+    assert await loaded() == (written, streams)
+
+
+async def test_an_orgs_configuration_is_read_by_its_streams_keys_never_by_walking_the_log(pool, store):
+    """Whatever the planner prefers (nested loops turned off here), each configuration stream's events are read
+    by the (stream, version) key: never a walk of the log in its order with a filter, as the query by stream
+    name was planned once patients' and window-days' events made up the log."""
+    from services.unit_of_work import _CONFIGURATION
+
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL enable_nestloop = off")
+        plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {_CONFIGURATION}", uuid.uuid4()))
+    assert "events_stream_id_stream_version_key" in plan, plan
+    assert "events_pkey" not in plan and "Seq Scan on events" not in plan and "Hash" not in plan, plan
