@@ -9,16 +9,14 @@ ratio of the two figures where the machine's speed moves between runs.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
-from bench.run import SPREAD_DAYS, set_up_clinic, tree_cpu
+from bench.run import kafka_create, set_up_clinic, tree_cpu
 from services.cli import _collect_cycles_rarely, _run_service
 from services.ingestor import Ingestor
 from services.local.ports import free_port
@@ -28,17 +26,8 @@ from services.settings import Settings
 
 
 def commands(clinic: dict, run: int, count: int) -> list[bytes]:
-    """What bench.run's kafka phase publishes: creates over SPREAD_DAYS days × 3 windows, a new patient each."""
-    today, out = dt.date.today(), []
-    for i in range(count):
-        day = today + dt.timedelta(days=1 + i % SPREAD_DAYS)
-        moment = f"{day.isoformat()}T{8 + (i // SPREAD_DAYS) % 12:02d}:{(i * 7) % 4 * 15:02d}:00Z"
-        out.append(json.dumps({"command_id": str(uuid.uuid4()), "org_id": clinic["org_id"],
-                               "type": "create_appointment",
-                               "payload": {"appointment_type": clinic["service_id"], "appointment_date": moment,
-                                           "patient_name": "Decide Bench",
-                                           "parent_phone": f"+3{run}{i:08d}"}}).encode())
-    return out
+    """What bench.run's kafka phase publishes, a new patient each."""
+    return [json.dumps(kafka_create(clinic, i, f"+3{run}{i:08d}")[1]).encode() for i in range(count)]
 
 
 async def main(count: int, batch: int, runs: int) -> None:

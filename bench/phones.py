@@ -7,18 +7,11 @@ from __future__ import annotations
 
 import time
 
-import phonenumbers
-
 from domain import patients
 
 
 def _by_parse(phone: str) -> str:
-    try:
-        number = phonenumbers.parse(phone, None)
-    except phonenumbers.NumberParseException:
-        return phone
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) \
-        if phonenumbers.is_possible_number(number) else phone
+    return patients._key(phone, patients._parsed(phone, None))
 
 
 def _per_phone_us(key, phones: list[str]) -> float:

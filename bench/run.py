@@ -291,6 +291,17 @@ def hot_window(clinic: dict, url: str) -> dict:
             "max_decisions_per_s": rates[-1], "succeeded": [b["succeeded"] for b in bursts]}
 
 
+def kafka_create(clinic: dict, i: int, phone: str) -> tuple[bytes, dict]:
+    """The kafka phase's i-th command, a create over SPREAD_DAYS days × 3 windows, and its routing key (the
+    org and the day)."""
+    day = dt.date.today() + dt.timedelta(days=1 + i % SPREAD_DAYS)
+    moment = f"{day.isoformat()}T{8 + (i // SPREAD_DAYS) % 12:02d}:{(i * 7) % 4 * 15:02d}:00Z"
+    body = {"command_id": str(uuid.uuid4()), "org_id": clinic["org_id"], "type": "create_appointment",
+            "payload": {"appointment_type": clinic["service_id"], "appointment_date": moment,
+                        "patient_name": "Kafka Bench", "parent_phone": phone}}
+    return f"{clinic['org_id']}|{day.isoformat()}".encode(), body
+
+
 async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Path, profile: Path | None,
                        pids: tuple[int, int, int], workers: int = 1) -> dict:
     """`commands` creates over many window-days published first, then an ingestor process started on them;
@@ -301,18 +312,12 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
     await producer.start()
     started = time.perf_counter()
     try:
-        today = dt.date.today()
         sends = []
         ours = set()  # this run's command ids: the results topic also holds an earlier run's results
         for i in range(commands):
-            day = today + dt.timedelta(days=1 + i % SPREAD_DAYS)
-            moment = f"{day.isoformat()}T{8 + (i // SPREAD_DAYS) % 12:02d}:{(i * 7) % 4 * 15:02d}:00Z"
-            body = {"command_id": str(uuid.uuid4()), "org_id": clinic["org_id"], "type": "create_appointment",
-                    "payload": {"appointment_type": clinic["service_id"], "appointment_date": moment,
-                                "patient_name": "Kafka Bench", "parent_phone": f"+3{workers}{i:08d}"}}  # each run its own patients
+            key, body = kafka_create(clinic, i, f"+3{workers}{i:08d}")  # each run its own patients
             ours.add(body["command_id"])
-            sends.append(await producer.send(topic, json.dumps(body).encode(),
-                                              key=f"{clinic['org_id']}|{day.isoformat()}".encode()))
+            sends.append(await producer.send(topic, json.dumps(body).encode(), key=key))
         await asyncio.gather(*sends)
     finally:
         await producer.stop()

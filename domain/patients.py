@@ -51,11 +51,18 @@ _COUNTRY_DIGITS = frozenset("123456789")
 @functools.lru_cache(maxsize=65536)  # parsing costs tens of microseconds; a day's phones repeat
 def _parsed_key(phone: str, region: str | None) -> str:
     number = _international(phone)
-    if number is None:
-        try:
-            number = phonenumbers.parse(phone, region)
-        except phonenumbers.NumberParseException:
-            number = None
+    return _key(phone, _parsed(phone, region) if number is None else number)
+
+
+def _parsed(phone: str, region: str | None) -> phonenumbers.PhoneNumber | None:
+    try:
+        return phonenumbers.parse(phone, region)
+    except phonenumbers.NumberParseException:
+        return None
+
+
+def _key(phone: str, number: phonenumbers.PhoneNumber | None) -> str:
+    """The phone's key from what parsing made of it."""
     if number is not None and phonenumbers.is_possible_number(number):
         return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     return _SEPARATORS.sub("", phone).casefold()

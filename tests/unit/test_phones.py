@@ -13,25 +13,11 @@ COUNTRY_CODES = sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
 REGIONS = [None, *sorted(phonenumbers.SUPPORTED_REGIONS)]
 
 
-def parsed(phone: str, region: str | None) -> phonenumbers.PhoneNumber | None:
-    try:
-        return phonenumbers.parse(phone, region)
-    except phonenumbers.NumberParseException:
-        return None
-
-
-def key_by_parse(phone: str, region: str | None) -> str:
-    """The phone's key as phonenumbers.parse alone makes it (what _parsed_key did before the fast path)."""
-    number = parsed(phone, region)
-    if number is not None and phonenumbers.is_possible_number(number):
-        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    return patients._SEPARATORS.sub("", phone).casefold()
-
-
 def assert_reads_as_parse(phone: str, region: str | None) -> None:
+    by_parse = patients._parsed(phone, region)  # phonenumbers.parse alone
     fast = patients._international(phone)
-    assert fast is None or fast == parsed(phone, region), phone
-    assert patients._parsed_key.__wrapped__(phone, region) == key_by_parse(phone, region), (phone, region)
+    assert fast is None or fast == by_parse, phone
+    assert patients._parsed_key.__wrapped__(phone, region) == patients._key(phone, by_parse), phone
 
 
 phones = st.builds(lambda code, rest: f"+{code}{rest}",
