@@ -8,6 +8,7 @@ them race-free.
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 from domain import events as ev
 from domain import patients
 from domain.appointment import Appointment
-from domain.hold import Hold, WaitlistEntry
+from domain.appointment import FIELDS as APPOINTMENT_FIELDS
+from domain.hold import ENTRY_FIELDS, HOLD_FIELDS, Hold, WaitlistEntry
 from domain.patients import phone_key
 from domain.catalog import Branch, Catalog, Service, Window
 from domain.errors import DomainError, validation
@@ -33,6 +35,9 @@ DETAIL_FIELDS = ("assigned_doctor", "notes", "reason", "session", "batch", "diag
 # SaludYa (seed 003) has no `rescheduled`: to its clients a rescheduled appointment is `scheduled`.
 SALUDYA_STATUS = {"rescheduled": "scheduled"}
 PATCH_FIELDS = ("appointment_date", "status", "cancellation_reason", "send_notification", *DETAIL_FIELDS)
+# What a snapshot's layout depends on: a snapshot of another format is ignored (its day is read from the log).
+# Raise the number whenever `apply` folds an event differently, so no snapshot outlives the fold that made it.
+SNAPSHOT_FORMAT = "wd1-" + hashlib.sha256(repr((APPOINTMENT_FIELDS, HOLD_FIELDS, ENTRY_FIELDS)).encode()).hexdigest()[:12]
 
 
 def stream_id(window_id: str, day: date | str) -> str:
@@ -121,6 +126,30 @@ class WindowDay:
     def fold(self, events: list[ev.Event]) -> None:
         for event in events:
             self.apply(event)
+
+    # -- snapshots: the day as of `version`, so a fresh process need not fold every event again ----------
+    def snapshot(self) -> dict[str, Any]:
+        """The whole state as plain JSON: records as arrays (in FIELDS order), and the duplicate rule's index as
+        it stands, so loading it parses no phone."""
+        return {"version": self.version, "status": self.status, "max_slots": self.max_slots,
+                "last_token": self.last_token, "phone_region": self.phone_region,
+                "appointments": [list(record) for record in self.appointments.values()],
+                "holders": [[phone, service, sorted(ids)] for (phone, service), ids in self._holders.items() if ids],
+                "holds": [hold.as_dict() for hold in self.holds.values()],
+                "waiting": [entry.as_dict() for entry in self.waiting]}
+
+    @classmethod
+    def from_snapshot(cls, stream: str, state: dict[str, Any]) -> "WindowDay":
+        day = cls(*split_stream_id(stream), version=state["version"], status=state["status"],
+                  max_slots=state["max_slots"], last_token=state["last_token"], phone_region=state["phone_region"])
+        make = Appointment._make
+        day.appointments = {record.appointment_id: record for record in map(make, state["appointments"])}
+        for phone, service, ids in state["holders"]:
+            day._holders[(phone, service)] = set(ids)
+            day._active[service] = day._active.get(service, 0) + len(ids)
+        day.holds = {hold.hold_id: hold for hold in map(Hold.from_dict, state["holds"])}
+        day.waiting = [WaitlistEntry.from_dict(entry) for entry in state["waiting"]]
+        return day
 
     def _dequeue(self, waitlist_id: str | None) -> None:
         if waitlist_id is not None:

@@ -231,14 +231,18 @@ op = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(op, max_size=50), st.integers(1, 3))
-def test_no_sequence_exceeds_capacity_and_no_freed_place_is_left_while_someone_waits(ops, max_slots):
-    desk = Desk(max_slots=max_slots, waitlist_offer_minutes=2)
-    appointments: list[str] = []
-    held: list[str] = []
-    entries: list[str] = []
-    for step in ops:
+class Script:
+    """Runs drawn operations on a desk, remembering the ids they made for later operations to pick from."""
+
+    def __init__(self, desk: Desk):
+        self.desk = desk
+        self.appointments: list[str] = []
+        self.held: list[str] = []
+        self.entries: list[str] = []
+
+    def run(self, step) -> str | None:
+        """One operation; the refusal's code, if refused."""
+        desk, appointments, held, entries = self.desk, self.appointments, self.held, self.entries
         try:
             match step:
                 case ("create", time, phone, service):
@@ -263,6 +267,18 @@ def test_no_sequence_exceeds_capacity_and_no_freed_place_is_left_while_someone_w
                     desk.sweep()
         except DomainError as exc:
             assert exc.code in {"SLOT_FULL", "DUPLICATE_BOOKING", "HOLD_EXPIRED", "INVALID_STATE_TRANSITION"}
+            return exc.code
+        return None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(op, max_size=50), st.integers(1, 3))
+def test_no_sequence_exceeds_capacity_and_no_freed_place_is_left_while_someone_waits(ops, max_slots):
+    desk = Desk(max_slots=max_slots, waitlist_offer_minutes=2)
+    script = Script(desk)
+    entries = script.entries
+    for step in ops:
+        script.run(step)
         for day in desk.days.values():
             window = desk.catalog.windows[day.window_id]
             for service in SERVICES:
