@@ -201,6 +201,8 @@ class Runtime:
             await self._runner.cleanup()
         if self.kafka_admin is not None:
             await self.kafka_admin.close()
+        if self.handler is not None:  # nothing decides any more: what the caches learnt is kept for the next start
+            await self.handler.uow.close()
         if self.waker is not None:
             await self.waker.stop()
         if self.pool is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import orjson
+
 from domain import events as ev
 from domain import windowday as wd
 from services.handler import CommandHandler
@@ -77,3 +79,101 @@ async def test_reading_many_days_is_an_index_range_scan_per_day_never_a_join_ove
                                                          [500] * len(streams)))
     assert "Nested Loop" in plan and "events_stream_id_stream_version_key" in plan, plan
     assert "Hash" not in plan and "Sort" not in plan and "Seq Scan on events" not in plan, plan
+
+
+# -- snapshots (migration 015) -------------------------------------------------------------------------------
+
+async def book_in_one_day(handler: CommandHandler, org_id: str, count: int, first_phone: int) -> list[str]:
+    return [(await handler.create_appointment(org_id, create_body(at("09:30"), f"+1415556{first_phone + n:04d}"),
+                                              Meta())).data["appointment_id"] for n in range(count)]
+
+
+async def snapshot_row(pool, stream: str):
+    async with pool.acquire() as conn:
+        return await conn.fetchrow("SELECT version, format, state FROM window_day_snapshots WHERE stream_id = $1",
+                                   stream)
+
+
+async def test_a_long_read_is_snapshotted_and_the_next_fresh_read_starts_from_it(pool, store):
+    from services.unit_of_work import SNAPSHOT_AFTER
+
+    writer = CommandHandler(pool, store)
+    org_id = await clinic(writer, max_slots=500)
+    booked = await book_in_one_day(writer, org_id, SNAPSHOT_AFTER + 5, 0)
+    for appointment_id in booked[:3]:
+        await writer.update_appointment(org_id, appointment_id, {"status": "cancelled"}, Meta())
+    catalog = await writer.catalog(org_id)
+    async with pool.acquire() as conn:
+        (stream,) = [r[0] for r in await conn.fetch("SELECT stream_id FROM streams WHERE stream_id LIKE 'wd-%'")]
+
+    first = CommandHandler(pool, store)  # a fresh process: no snapshot yet, so it folds every event, and keeps them
+    async with pool.acquire() as conn:
+        await first.uow.days(conn, {stream: catalog})
+    await first.uow.close()
+    row = await snapshot_row(pool, stream)
+    assert (row["version"], row["format"]) == (SNAPSHOT_AFTER + 8, wd.SNAPSHOT_FORMAT)
+    assert sum(1 for a in row["state"]["appointments"] if a[11] == "cancelled") == 3
+
+    await book_in_one_day(writer, org_id, 4, 500)  # the log moves on past the snapshot
+    await writer.update_appointment(org_id, booked[3], {"status": "cancelled"}, Meta())
+    second, third = CommandHandler(pool, store), CommandHandler(pool, store)
+    async with pool.acquire() as conn:
+        from_days = (await second.uow.days(conn, {stream: catalog}))[stream]
+        from_one = await third.uow.day(stream, conn, catalog)
+    for day in (from_days, from_one):
+        assert state(day) == await folded(store, stream, catalog)
+        assert day.duplicate_of("+14155560004", day.appointments[booked[4]].appointment_type) == booked[4]
+        assert day.duplicate_of("+14155560003", day.appointments[booked[3]].appointment_type) is None
+    assert second.uow._snapshotted[stream] == third.uow._snapshotted[stream] == SNAPSHOT_AFTER + 8
+
+    # It really is read: a snapshot's word is taken for what it holds (so one that does not fit is never used).
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE window_day_snapshots SET state = (state::jsonb || '{\"status\": \"CLOSED\"}')::json"
+                           " WHERE stream_id = $1", stream)
+        assert (await CommandHandler(pool, store).uow.day(stream, conn, catalog)).status == "CLOSED"
+
+
+async def test_a_snapshot_that_does_not_fit_is_ignored(pool, store):
+    """Of another format (an older fold), made under another phone region, or ahead of the log: the day is read
+    from the log instead."""
+    writer = CommandHandler(pool, store)
+    org_id = await clinic(writer, max_slots=50)
+    await book_in_one_day(writer, org_id, 6, 0)
+    catalog = await writer.catalog(org_id)
+    async with pool.acquire() as conn:
+        (stream,) = [r[0] for r in await conn.fetch("SELECT stream_id FROM streams WHERE stream_id LIKE 'wd-%'")]
+        expected = await folded(store, stream, catalog)
+        closed = wd.WindowDay(*wd.split_stream_id(stream), version=6, status="CLOSED",
+                              phone_region=catalog.settings.phone_region)
+        for version, fmt, region in ((6, "wd0-000000000000", None), (6, wd.SNAPSHOT_FORMAT, "IN"),
+                                     (7, wd.SNAPSHOT_FORMAT, None)):
+            closed.version, closed.phone_region = version, region or catalog.settings.phone_region
+            await conn.execute("INSERT INTO window_day_snapshots (stream_id, version, format, state)"
+                               " VALUES ($1, $2, $3, $4::text::json) ON CONFLICT (stream_id) DO UPDATE"
+                               " SET version = EXCLUDED.version, format = EXCLUDED.format, state = EXCLUDED.state",
+                               stream, version, fmt, orjson.dumps(closed.snapshot()).decode())
+            fresh = CommandHandler(pool, store)
+            assert state((await fresh.uow.days(conn, {stream: catalog}))[stream]) == expected, (version, fmt, region)
+            assert (await fresh.uow.day(stream, conn, catalog)).status is None
+
+
+async def test_stopping_snapshots_the_days_that_moved_on_but_not_one_being_decided(pool, store):
+    from services.unit_of_work import SNAPSHOT_AFTER
+
+    handler = CommandHandler(pool, store)
+    org_id = await clinic(handler, max_slots=500)
+    await book_in_one_day(handler, org_id, SNAPSHOT_AFTER, 0)  # folded as decided: cached, never read
+    await handler.create_appointment(org_id, create_body(at("17:30"), "+14155550000"), Meta())
+    async with pool.acquire() as conn:
+        morning, evening = [r[0] for r in await conn.fetch(
+            "SELECT stream_id FROM streams WHERE stream_id LIKE 'wd-%' ORDER BY version DESC")]
+    await handler.uow.close()
+    assert (await snapshot_row(pool, morning))["version"] == SNAPSHOT_AFTER
+    assert await snapshot_row(pool, evening) is None  # one event: not worth a snapshot
+
+    await book_in_one_day(handler, org_id, SNAPSHOT_AFTER, 100)
+    async with handler.uow.locks([morning]):  # someone is deciding on it: its state may hold uncommitted bookings
+        await handler.uow.close()
+    assert (await snapshot_row(pool, morning))["version"] == SNAPSHOT_AFTER
+    await handler.uow.close()
+    assert (await snapshot_row(pool, morning))["version"] == 2 * SNAPSHOT_AFTER
