@@ -10,19 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
-from bench.run import kafka_create, set_up_clinic, tree_cpu
+from bench.run import kafka_create, postgres_alone, set_up_clinic, tree_cpu
 from services.cli import _collect_cycles_rarely, _run_service
 from services.ingestor import Ingestor
-from services.local.ports import free_port
-from services.local.postgres import LocalPostgres
 from services.runtime import Runtime
-from services.settings import Settings
 
 
 def commands(clinic: dict, run: int, count: int) -> list[bytes]:
@@ -31,11 +25,7 @@ def commands(clinic: dict, run: int, count: int) -> list[bytes]:
 
 
 async def main(count: int, batch: int, runs: int) -> None:
-    work = Path(tempfile.mkdtemp(prefix="slotledger-decide-"))
-    pg = LocalPostgres(work / "postgres", durable=True).start()
-    try:
-        settings = Settings(database_url=pg.url, kafka_bootstrap="127.0.0.1:1", topic_prefix="bench",
-                            http_port=free_port(), state_dir=work)
+    with postgres_alone("slotledger-decide-") as (pg, settings):
         clinic = await set_up_clinic(settings)
         runtime = Runtime(settings, components=())
         await runtime.start()
@@ -55,9 +45,6 @@ async def main(count: int, batch: int, runs: int) -> None:
                       flush=True)
         finally:
             await runtime.stop()
-    finally:
-        pg.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

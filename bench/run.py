@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -145,6 +146,20 @@ def cpu_share(before: dict[str, float], after: dict[str, float], seconds: float,
 
 def rss_mb(pid: int) -> float:
     return round(int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1)) / 1024, 1)
+
+
+@contextlib.contextmanager
+def postgres_alone(prefix: str):
+    """A durable local PostgreSQL in a directory of its own, and the service's settings for it without a broker
+    (for the lenses that need no Kafka: bench.decide, bench.snapshots)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    pg = LocalPostgres(work / "postgres", durable=True).start()
+    try:
+        yield pg, Settings(database_url=pg.url, kafka_bootstrap="127.0.0.1:1", topic_prefix="bench",
+                           http_port=free_port(), state_dir=work)
+    finally:
+        pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 async def set_up_clinic(settings: Settings) -> dict:
