@@ -333,10 +333,10 @@ class UnitOfWork:
         """Write what is queued. Snapshots only save work, so a failure is logged and they are dropped."""
         while self._to_save:
             batch, self._to_save = self._to_save, {}
-            try:
+            try:  # in stream order, as another process writing the same days at once does (no deadlock)
                 async with self.pool.acquire() as conn:
                     await conn.executemany(_SAVE_SNAPSHOT, [(stream, version, wd.SNAPSHOT_FORMAT, state)
-                                                            for stream, (version, state) in batch.items()])
+                                                            for stream, (version, state) in sorted(batch.items())])
             except Exception as exc:
                 log.warning("window-day snapshots not written", days=len(batch), error=repr(exc)[:300])
 

@@ -3,6 +3,7 @@ every day's events at once, and a cached day behind the log reads only what it m
 exactly its stream's events, and the read stays one index range scan per day however large it is."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import orjson
@@ -177,3 +178,32 @@ async def test_stopping_snapshots_the_days_that_moved_on_but_not_one_being_decid
     assert (await snapshot_row(pool, morning))["version"] == SNAPSHOT_AFTER
     await handler.uow.close()
     assert (await snapshot_row(pool, morning))["version"] == 2 * SNAPSHOT_AFTER
+
+
+async def test_two_processes_stopping_at_once_both_write_their_snapshots(pool, store):
+    """Each holds the same busy days, taken in the opposite order; whichever is further along wins each day, and
+    neither's writes are lost to the other (they once deadlocked, and one's were dropped)."""
+    from domain.appointment import FIELDS
+
+    streams = [f"wd-{n:036d}-2030-01-01" for n in range(40)]
+    async with pool.acquire() as conn:
+        await conn.executemany("INSERT INTO streams (stream_id, version) VALUES ($1, 300)", [(s,) for s in streams])
+
+    def day(stream: str, version: int) -> wd.WindowDay:
+        records = [[f"appt_{n:010d}"] + ["x"] * (len(FIELDS) - 1) for n in range(300)]
+        return wd.WindowDay.from_snapshot(stream, {"version": version, "status": None, "max_slots": None,
+                                                   "last_token": 0, "phone_region": None, "appointments": records,
+                                                   "holders": [], "holds": [], "waiting": []})
+
+    for attempt in range(3):
+        first, second = CommandHandler(pool, store).uow, CommandHandler(pool, store).uow
+        for n, stream in enumerate(streams):  # each further along on every other day
+            first._remember(day(stream, 200 + attempt + 100 * (n % 2)))
+        for n, stream in reversed(list(enumerate(streams))):
+            second._remember(day(stream, 200 + attempt + 100 * ((n + 1) % 2)))
+        await asyncio.gather(first.close(), second.close())
+        async with pool.acquire() as conn:
+            versions = await conn.fetch("SELECT version FROM window_day_snapshots WHERE stream_id = ANY($1)", streams)
+        assert sorted(v[0] for v in versions) == [300 + attempt] * len(streams)
+        async with pool.acquire() as conn:
+            await conn.execute("UPDATE streams SET version = version + 1 WHERE stream_id = ANY($1)", streams)
