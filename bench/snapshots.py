@@ -19,7 +19,8 @@ from services.runtime import Runtime
 from services.settings import Settings
 
 
-async def read_all(settings: Settings, clinic: dict, pg_pid: int, streams: list[str], events: int, label: str) -> None:
+async def read_all(settings: Settings, clinic: dict, pg_pid: int, streams: list[str], events: int,
+                   label: str) -> None:
     runtime = Runtime(settings, components=())
     await runtime.start()
     try:

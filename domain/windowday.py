@@ -37,7 +37,8 @@ SALUDYA_STATUS = {"rescheduled": "scheduled"}
 PATCH_FIELDS = ("appointment_date", "status", "cancellation_reason", "send_notification", *DETAIL_FIELDS)
 # What a snapshot's layout depends on: a snapshot of another format is ignored (its day is read from the log).
 # Raise the number whenever `apply` folds an event differently, so no snapshot outlives the fold that made it.
-SNAPSHOT_FORMAT = "wd1-" + hashlib.sha256(repr((APPOINTMENT_FIELDS, HOLD_FIELDS, ENTRY_FIELDS)).encode()).hexdigest()[:12]
+SNAPSHOT_FORMAT = "wd1-" + hashlib.sha256(repr((APPOINTMENT_FIELDS, HOLD_FIELDS, ENTRY_FIELDS)).encode()
+                                          ).hexdigest()[:12]
 
 
 def stream_id(window_id: str, day: date | str) -> str:

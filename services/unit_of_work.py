@@ -252,7 +252,8 @@ class UnitOfWork:
         self._snapshot_if_long(day, start)
         return day
 
-    async def _from_snapshots(self, conn: asyncpg.Connection, wanted: dict[str, cat.Catalog]) -> dict[str, wd.WindowDay]:
+    async def _from_snapshots(self, conn: asyncpg.Connection,
+                              wanted: dict[str, cat.Catalog]) -> dict[str, wd.WindowDay]:
         """Each day as its snapshot holds it, if it has one made under the org's phone region; else empty."""
         rows = await conn.fetch(_SNAPSHOTS, list(wanted), wd.SNAPSHOT_FORMAT)
         out = {}
@@ -323,7 +324,8 @@ class UnitOfWork:
 
     def _take(self, day: wd.WindowDay) -> None:
         """Queue a snapshot of `day` as it is now, which must be what the log holds at its version (serialised
-        at once, before anyone folds a decision into it)."""
+        at once, before anyone folds a decision into it). A day read afresh is: no caller reads a day after
+        appending to it in the same transaction (the commit is a decision's last statement)."""
         self._to_save[day.stream_id] = (day.version, orjson.dumps(day.snapshot()).decode())
         self._snapshotted[day.stream_id] = day.version
         if self._saving is None or self._saving.done():
