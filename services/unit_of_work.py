@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import asyncpg
-import orjson
 
 from domain import catalog as cat
 from domain import events as ev
@@ -35,7 +34,7 @@ from services.command_results import CommandAlreadyApplied, PendingResult
 from services.outcome import Meta
 from services.store.eventstore import (GUARD, Append, ConcurrencyError, EventStore, NewEvent, SideWrite, StoredEvent,
                                       new_event_id)
-from services.logs import log
+from services.snapshots import SNAPSHOT_AFTER, Snapshots
 from services.store.pool import DATABASE_UNAVAILABLE
 
 
@@ -140,22 +139,6 @@ _CONFIGURATION = (
     " WHERE stream_id = c.stream_id OFFSET 0) AS e WHERE c.org_id = $1")
 _LOG_ORDER = operator.itemgetter(4)
 
-# Window-day snapshots (migration 015). A day read afresh starts from its snapshot, if one of this format is at
-# or behind the log, and folds only the events after it. A day whose read folded SNAPSHOT_AFTER events or more
-# is snapshotted as read (what the log held, so nothing uncommitted), and so is a cached day that moved on as far
-# when the process stops; both are written off the deciding path, by a task of their own. Folding an event costs
-# ~25 µs and reading a booking back from a snapshot ~7 (bench/snapshots.py), so a few dozen events repay one.
-SNAPSHOT_AFTER = 100
-_SNAPSHOTS = ("SELECT n.stream_id, n.state FROM window_day_snapshots n JOIN streams s USING (stream_id)"
-              " WHERE n.stream_id = ANY($1::text[]) AND n.format = $2 AND n.version <= s.version")
-# A snapshot replaces an older one (any format: the current one wins), and is never ahead of the log.
-_SAVE_SNAPSHOT = (
-    "INSERT INTO window_day_snapshots AS n (stream_id, version, format, state)"
-    " SELECT $1, $2, $3, $4::text::json WHERE EXISTS (SELECT 1 FROM streams WHERE stream_id = $1 AND version >= $2)"
-    " ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version, format = EXCLUDED.format,"
-    " state = EXCLUDED.state, taken_at = now() WHERE n.version < EXCLUDED.version OR n.format <> EXCLUDED.format")
-
-
 @dataclass
 class UnitOfWork:
     pool: asyncpg.Pool
@@ -166,8 +149,10 @@ class UnitOfWork:
     _days: OrderedDict[str, wd.WindowDay] = field(default_factory=OrderedDict)
     _locks: dict[str, StreamLock] = field(default_factory=dict)
     _snapshotted: dict[str, int] = field(default_factory=dict)  # cached day → the version its snapshot holds
-    _to_save: dict[str, tuple[int, str]] = field(default_factory=dict)  # stream → (version, state as JSON text)
-    _saving: asyncio.Task | None = None
+    snapshots: Snapshots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.snapshots = Snapshots(self.pool)
 
     # -- locks and retries ---------------------------------------------------------------------------
     def lock(self, key: str) -> StreamLock:
@@ -255,12 +240,10 @@ class UnitOfWork:
     async def _from_snapshots(self, conn: asyncpg.Connection,
                               wanted: dict[str, cat.Catalog]) -> dict[str, wd.WindowDay]:
         """Each day as its snapshot holds it, if it has one made under the org's phone region; else empty."""
-        rows = await conn.fetch(_SNAPSHOTS, list(wanted), wd.SNAPSHOT_FORMAT)
         out = {}
-        for stream, state in rows:
-            if state["phone_region"] == wanted[stream].settings.phone_region:
-                out[stream] = wd.WindowDay.from_snapshot(stream, state)
-                self._snapshotted[stream] = state["version"]
+        for stream, state in (await self.snapshots.read(conn, wanted)).items():
+            out[stream] = wd.WindowDay.from_snapshot(stream, state)
+            self._snapshotted[stream] = state["version"]
         return {stream: out.get(stream) or wd.WindowDay(*wd.split_stream_id(stream),
                                                          phone_region=catalog.settings.phone_region)
                 for stream, catalog in wanted.items()}
@@ -323,24 +306,11 @@ class UnitOfWork:
             self._take(day)
 
     def _take(self, day: wd.WindowDay) -> None:
-        """Queue a snapshot of `day` as it is now, which must be what the log holds at its version (serialised
-        at once, before anyone folds a decision into it). A day read afresh is: no caller reads a day after
-        appending to it in the same transaction (the commit is a decision's last statement)."""
-        self._to_save[day.stream_id] = (day.version, orjson.dumps(day.snapshot()).decode())
+        """Snapshot `day` as it is now, which must be what the log holds at its version. A day read afresh is: no
+        caller reads a day after appending to it in the same transaction (the commit is a decision's last
+        statement)."""
+        self.snapshots.put(day)
         self._snapshotted[day.stream_id] = day.version
-        if self._saving is None or self._saving.done():
-            self._saving = asyncio.get_running_loop().create_task(self._save_snapshots(), name="snapshots")
-
-    async def _save_snapshots(self) -> None:
-        """Write what is queued. Snapshots only save work, so a failure is logged and they are dropped."""
-        while self._to_save:
-            batch, self._to_save = self._to_save, {}
-            try:  # in stream order, as another process writing the same days at once does (no deadlock)
-                async with self.pool.acquire() as conn:
-                    await conn.executemany(_SAVE_SNAPSHOT, [(stream, version, wd.SNAPSHOT_FORMAT, state)
-                                                            for stream, (version, state) in sorted(batch.items())])
-            except Exception as exc:
-                log.warning("window-day snapshots not written", days=len(batch), error=repr(exc)[:300])
 
     async def close(self, seconds: float = 10) -> None:
         """On the way out: snapshot each cached day that moved on SNAPSHOT_AFTER events or more since its last
@@ -350,12 +320,7 @@ class UnitOfWork:
             lock = self._locks.get(stream)
             if (lock is None or not lock.held) and day.version - self._snapshotted.get(stream, 0) >= SNAPSHOT_AFTER:
                 self._take(day)
-        if self._saving is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._saving), seconds)
-            except asyncio.TimeoutError:
-                log.warning("window-day snapshots still being written at stop; the rest are left out")
-                self._saving.cancel()
+        await self.snapshots.flush(seconds)
 
     async def fresh_day(self, stream_id: str, conn: asyncpg.Connection, catalog: cat.Catalog) -> wd.WindowDay:
         version = await conn.fetchval("SELECT version FROM streams WHERE stream_id = $1", stream_id)
