@@ -24,6 +24,16 @@ def commands(clinic: dict, run: int, count: int) -> list[bytes]:
     return [json.dumps(kafka_create(clinic, i, f"+3{run}{i:08d}")[1]).encode() for i in range(count)]
 
 
+async def decide(ingestor: Ingestor, values: list[bytes], batch: int) -> int:
+    """The commands decided and committed as the ingestor's batches are (a message needs only its value here);
+    how many were booked."""
+    ok = 0
+    for at in range(0, len(values), batch):
+        items = await ingestor._decide_batch([SimpleNamespace(value=v) for v in values[at:at + batch]])
+        ok += sum(1 for item in items if item.result and item.result["ok"])
+    return ok
+
+
 async def main(count: int, batch: int, runs: int) -> None:
     with postgres_alone("slotledger-decide-") as (pg, settings):
         clinic = await set_up_clinic(settings)
@@ -35,10 +45,7 @@ async def main(count: int, batch: int, runs: int) -> None:
                 values = commands(clinic, run, count)
                 ingestor = Ingestor(settings, runtime.pool, runtime.handler)
                 python, postgres, started = time.process_time(), tree_cpu(pg.process.pid), time.perf_counter()
-                ok = 0
-                for at in range(0, count, batch):  # a message needs only its value here
-                    items = await ingestor._decide_batch([SimpleNamespace(value=v) for v in values[at:at + batch]])
-                    ok += sum(1 for item in items if item.result and item.result["ok"])
+                ok = await decide(ingestor, values, batch)
                 python, postgres = time.process_time() - python, tree_cpu(pg.process.pid) - postgres
                 print(f"run {run}: {ok:,} of {count:,} booked, {count / (time.perf_counter() - started):,.0f} cmd/s;"
                       f" CPU per command: python {1e6 * python / count:.0f} µs, postgres {1e6 * postgres / count:.0f} µs",

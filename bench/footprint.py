@@ -8,9 +8,8 @@ Kafka and HTTP figures: every row and index entry here is CPU in PostgreSQL on e
 from __future__ import annotations
 
 import argparse
-from types import SimpleNamespace
 
-from bench.decide import commands
+from bench.decide import commands, decide
 from bench.run import postgres_alone, set_up_clinic
 from services.cli import _run_service
 from services.ingestor import Ingestor
@@ -25,12 +24,6 @@ LEFT JOIN pg_class c ON c.relfilenode = w.relfilenode
 GROUP BY 1 ORDER BY 3 DESC"""
 _BY_KIND = ('SELECT "resource_manager/record_type" AS kind, count, combined_size AS bytes'
             " FROM pg_get_wal_stats($1, $2, true) WHERE count > 0 ORDER BY combined_size DESC")
-
-
-async def decide(settings, runtime: Runtime, values: list[bytes], batch: int = 2000) -> None:
-    ingestor = Ingestor(settings, runtime.pool, runtime.handler)
-    for at in range(0, len(values), batch):
-        await ingestor._decide_batch([SimpleNamespace(value=v) for v in values[at:at + batch]])
 
 
 async def _pgbench_transaction(conn) -> float:
@@ -51,10 +44,11 @@ async def main(count: int, warm: int) -> None:
         try:
             async with runtime.pool.acquire() as conn:
                 await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
-            await decide(settings, runtime, commands(clinic, 0, warm))  # days, caches and plans warm
+            ingestor = Ingestor(settings, runtime.pool, runtime.handler)
+            await decide(ingestor, commands(clinic, 0, warm), 2000)  # days, caches and plans warm
             async with runtime.pool.acquire() as conn:
                 start = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
-            await decide(settings, runtime, commands(clinic, 1, count))
+            await decide(ingestor, commands(clinic, 1, count), 2000)
             async with runtime.pool.acquire() as conn:
                 end = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
                 kinds = await conn.fetch(_BY_KIND, start, end)
