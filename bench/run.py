@@ -423,7 +423,7 @@ async def maintenance_runs(settings: Settings) -> dict[str, int]:
 def _steady(samples: list[tuple[float, int, dict]], commands: int) -> dict:
     """The rate, and each process's CPU per command, between the first samples that had seen 10% and 90% of the
     commands answered: the ingestor's start, its joining the group and its last batches trailing off are left
-    out, and so is no work done before the window began."""
+    out, and a window that opens and closes on a full pipeline counts about as much work as it sees answered."""
     low = next((s for s in samples if s[1] >= commands // 10), None)
     high = next((s for s in samples if s[1] >= commands * 9 // 10), None)
     if low is None or high is None or high[1] <= low[1] or high[0] <= low[0]:
