@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from bench.decide import commands, decide
-from bench.run import postgres_alone, set_up_clinic
+from bench.run import CEILING_INSERT, CEILING_TABLE, postgres_alone, set_up_clinic
 from services.cli import _run_service
 from services.ingestor import Ingestor
 from services.runtime import Runtime
@@ -28,10 +28,10 @@ _BY_KIND = ('SELECT "resource_manager/record_type" AS kind, count, combined_size
 
 async def _pgbench_transaction(conn) -> float:
     """WAL bytes of the transaction pgbench runs as the bench's ceiling, one row and one index entry each."""
-    await conn.execute("CREATE TABLE bench_ceiling (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v int)")
+    await conn.execute(CEILING_TABLE)
     start = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
     for _ in range(1000):
-        await conn.execute("INSERT INTO bench_ceiling (v) VALUES (1)")
+        await conn.execute(CEILING_INSERT)
     end = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
     return sum(k["bytes"] for k in await conn.fetch(_BY_KIND, start, end)) / 1000
 

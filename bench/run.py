@@ -593,6 +593,9 @@ def table(report: dict) -> str:
 
 
 PHASES = ("http", "webhooks", "hot", "kafka", "rebuild")
+# The ceiling every ratio is taken against: pgbench running this one-row INSERT, one transaction each.
+CEILING_TABLE = "CREATE TABLE bench_ceiling (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v int)"
+CEILING_INSERT = "INSERT INTO bench_ceiling (v) VALUES (1)"
 
 
 async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka_commands: int | None = None) -> dict:
@@ -620,9 +623,9 @@ async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka
         report["idle_rss_mb"] = rss_mb(service.pid)
 
         script = work / "insert.sql"
-        script.write_text("INSERT INTO bench_ceiling (v) VALUES (1);\n")
+        script.write_text(CEILING_INSERT + ";\n")
         conn = await asyncpg.connect(pg.url)
-        await conn.execute("CREATE TABLE bench_ceiling (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v int)")
+        await conn.execute(CEILING_TABLE)
         await conn.close()
         report["ceiling_pgbench_tps"] = {}
         for clients in (1, 16, 64):
