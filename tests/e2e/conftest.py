@@ -29,7 +29,9 @@ async def runtime(pg_url, schema):
 async def kafka_runtime(pg_url, schema, kafka_bootstrap, topic_prefix):
     settings = Settings(database_url=pg_url, database_schema=schema, http_port=0, kafka_bootstrap=kafka_bootstrap,
                         topic_prefix=topic_prefix, poll_interval_seconds=0.2, auth_failures_per_minute=100_000)
-    rt = Runtime(settings)  # gateway, projectors, ingestor and relay
+    # No sweeper loop (as in `runtime`): a test that moves the clock sweeps by hand and counts what that sweep
+    # expired, which a background sweep a second later could have taken first.
+    rt = Runtime(settings, components=("gateway", "projectors", "ingestor", "relay"))
     await rt.start()
     yield rt
     await rt.stop()
