@@ -1,0 +1,63 @@
+"""HTTP creates alone, alternated between service layouts: which components share the serving process, and
+how many processes share the port. A durable local PostgreSQL and a broker as bench.run starts them; each
+layout runs as a fresh `slotledger serve` for every round, against the same clinic, with bench.run's
+http-spread load. Prints creates/s, latency and cores busy per run. A narrower lens than the full bench's
+http phase, for questions such as "what does the relay in the serving process cost?" or "what does a second
+worker give one org?"; compare alternated runs, as the machine's speed moves by ±20%.
+
+  python -m bench.http [--layouts gateway,projectors,relay:1 gateway,projectors,relay:2] [--clients 64]
+                       [--seconds 8] [--rounds 2]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+from bench.run import (SPREAD_DAYS, LocalKafka, LocalPostgres, Settings, cpu_share, cpu_snapshot, free_port,
+                       loadgen, set_up_clinic, spawn, stop, wait_ready)
+from services.cli import _run_service
+
+
+async def main(layouts: list[str], clients: int, seconds: int, rounds: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="slotledger-http-"))
+    pg = LocalPostgres(work / "postgres", durable=True).start()
+    kafka = LocalKafka(work / "kafka").start()
+    try:
+        settings = Settings(database_url=pg.url, kafka_bootstrap=kafka.bootstrap, topic_prefix="bench",
+                            http_port=free_port(), state_dir=work)
+        clinic = await set_up_clinic(settings)
+        url = f"http://127.0.0.1:{settings.http_port}"
+        for round_ in range(rounds):
+            for layout in layouts:
+                components, _, workers = layout.partition(":")
+                service = spawn(components, settings, work / "service.log", int(workers or 1))
+                try:
+                    wait_ready(url)
+                    before = cpu_snapshot(service.pid, pg.process.pid, kafka.process.pid)
+                    r = loadgen("spread", "--url", url, "--key", clinic["key"], "--clients", str(clients),
+                                "--seconds", str(seconds), "--days", str(SPREAD_DAYS))
+                    cores = cpu_share(before, cpu_snapshot(service.pid, pg.process.pid, kafka.process.pid),
+                                      r["seconds"], r["loadgen_cpu_seconds"])
+                finally:
+                    stop(service)
+                latency = r["latency_ms"]
+                print(f"round {round_} {layout}: {r['creates_per_s']:,.0f} creates/s at {clients} clients,"
+                      f" p50/p95/p99 {latency['p50']}/{latency['p95']}/{latency['p99']} ms, errors {r['errors']};"
+                      f" cores busy {', '.join(f'{k} {v}' for k, v in cores.items())}", flush=True)
+    finally:
+        kafka.stop()
+        pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layouts", nargs="+", default=["gateway,projectors,relay:1", "gateway,projectors,relay:2"],
+                        help="components:workers, as `slotledger serve --only … --workers …` takes them")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    _run_service(main(args.layouts, args.clients, args.seconds, args.rounds))
