@@ -3,10 +3,12 @@ how many processes share the port. A durable local PostgreSQL and a broker as be
 layout runs as a fresh `slotledger serve` for every round, against the same clinic, with bench.run's
 http-spread load. Prints creates/s, latency and cores busy per run. A narrower lens than the full bench's
 http phase, for questions such as "what does the relay in the serving process cost?" or "what does a second
-worker give one org?"; compare alternated runs, as the machine's speed moves by ±20%.
+worker give one org?"; compare alternated runs, as the machine's speed moves by ±20%. With `--hot`, the load is
+bench.run's hot window-day instead (1,000 creates at once on one window-day with 200 places, on days of their
+own for every run): decisions/s and how many succeeded.
 
   python -m bench.http [--layouts gateway,projectors,relay:1 gateway,projectors,relay:2] [--clients 64]
-                       [--seconds 8] [--rounds 2]
+                       [--seconds 8] [--rounds 2] [--hot]
 """
 from __future__ import annotations
 
@@ -15,12 +17,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench.run import (SPREAD_DAYS, LocalKafka, LocalPostgres, Settings, cpu_share, cpu_snapshot, free_port,
-                       loadgen, set_up_clinic, spawn, stop, wait_ready)
+from bench.run import (HOT_DAYS, SPREAD_DAYS, LocalKafka, LocalPostgres, Settings, cpu_share, cpu_snapshot,
+                       free_port, hot_window, loadgen, set_up_clinic, spawn, stop, wait_ready)
 from services.cli import _run_service
 
 
-async def main(layouts: list[str], clients: int, seconds: int, rounds: int) -> None:
+async def main(layouts: list[str], clients: int, seconds: int, rounds: int, hot: bool) -> None:
     work = Path(tempfile.mkdtemp(prefix="slotledger-http-"))
     pg = LocalPostgres(work / "postgres", durable=True).start()
     kafka = LocalKafka(work / "kafka").start()
@@ -29,12 +31,21 @@ async def main(layouts: list[str], clients: int, seconds: int, rounds: int) -> N
                             http_port=free_port(), state_dir=work)
         clinic = await set_up_clinic(settings)
         url = f"http://127.0.0.1:{settings.http_port}"
+        hot_days = HOT_DAYS.stop  # each hot run books days of its own, after the full bench's
         for round_ in range(rounds):
             for layout in layouts:
                 components, _, workers = layout.partition(":")
                 service = spawn(components, settings, work / "service.log", int(workers or 1))
                 try:
-                    wait_ready(url)
+                    wait_ready(url, int(workers or 1))
+                    if hot:
+                        days = range(hot_days, hot_days + len(HOT_DAYS))
+                        hot_days = days.stop
+                        r = hot_window(clinic, url, days)
+                        print(f"round {round_} {layout}: hot window-day, median {r['decisions_per_s']:,.0f}"
+                              f" decisions/s (slowest {r['min_decisions_per_s']:,.0f}), succeeded {r['succeeded']}",
+                              flush=True)
+                        continue
                     before = cpu_snapshot(service.pid, pg.process.pid, kafka.process.pid)
                     r = loadgen("spread", "--url", url, "--key", clinic["key"], "--clients", str(clients),
                                 "--seconds", str(seconds), "--days", str(SPREAD_DAYS))
@@ -59,5 +70,6 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--hot", action="store_true", help="the hot window-day's bursts instead of spread creates")
     args = parser.parse_args()
-    _run_service(main(args.layouts, args.clients, args.seconds, args.rounds))
+    _run_service(main(args.layouts, args.clients, args.seconds, args.rounds, args.hot))

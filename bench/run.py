@@ -92,13 +92,20 @@ def stop(process: subprocess.Popen) -> None:
             process.kill()
 
 
-def wait_ready(url: str, timeout: float = 60) -> None:
+def wait_ready(url: str, workers: int = 1, timeout: float = 60) -> None:
+    """Until each of the service's `workers` has answered ready: a load started while only the first listens
+    would open every connection on that one (SO_REUSEPORT spreads connections only over the sockets listening
+    when they arrive), and two workers would be measured as one."""
     deadline = time.monotonic() + timeout
+    ready: set[int] = set()
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as response:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as response:  # a new connection each time
                 if response.status == 200:
-                    return
+                    ready.add(json.load(response)["process"]["worker"])
+                    if len(ready) >= workers:
+                        return
+                    continue
         except OSError:
             pass
         time.sleep(0.2)
@@ -286,12 +293,12 @@ def profile_top(raw: Path, n: int = 15) -> dict:
                           if not f.startswith(("<module>", "run (", "_run_once", "run_forever", "run_until"))]}
 
 
-def hot_window(clinic: dict, url: str) -> dict:
-    """1,000 simultaneous creates on one window-day with 200 places, once on each of the HOT_DAYS: one burst
+def hot_window(clinic: dict, url: str, days: range = HOT_DAYS) -> dict:
+    """1,000 simultaneous creates on one window-day with 200 places, once on each of `days`: one burst
     lasts half a second, and a single one moved by a third between runs of the same code. The median burst is
     the figure; every burst must let exactly 200 through."""
     bursts = []
-    for offset in HOT_DAYS:
+    for offset in days:
         hot_date = dt.date.today() + dt.timedelta(days=offset)
         window_id = clinic["windows"][(WEEKDAYS[hot_date.weekday()], "Morning")]
         req = urllib.request.Request(f"{url}/v1/schedule-tracking/{window_id}/{hot_date}", method="PATCH",
@@ -637,7 +644,7 @@ async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka
             if workers > 1:  # the same components, now on two processes sharing the port
                 stop(service)
                 service = spawn("gateway,projectors,relay", settings, logs, workers)
-                wait_ready(url)
+                wait_ready(url, workers)
             for clients in (4, 16, 64):
                 raw = OUT / f"profile-{stamp}.txt"
                 spy = profile_start(service.pid, seconds, raw) if profile and clients == 64 and workers == 1 else None
