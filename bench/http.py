@@ -34,10 +34,11 @@ async def main(layouts: list[str], clients: int, seconds: int, rounds: int, hot:
         hot_days = HOT_DAYS.stop  # each hot run books days of its own, after the full bench's
         for round_ in range(rounds):
             for layout in layouts:
-                components, _, workers = layout.partition(":")
-                service = spawn(components, settings, work / "service.log", int(workers or 1))
+                components, _, count = layout.partition(":")
+                workers = int(count or 1)
+                service = spawn(components, settings, work / "service.log", workers)
                 try:
-                    wait_ready(url, int(workers or 1))
+                    wait_ready(url, workers)
                     if hot:
                         days = range(hot_days, hot_days + len(HOT_DAYS))
                         hot_days = days.stop
