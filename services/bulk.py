@@ -138,6 +138,7 @@ class _Run:
     facts: Facts
     now: Any
     changes: dict[tuple[str, str], Change] = field(default_factory=dict)  # (org, stream) → its events
+    order: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # per org: its events as decided (Work.order)
     touched: dict[str, list[tuple[Appointment | None, Appointment]]] = field(default_factory=dict)  # per org
     results: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)  # per org
 
@@ -245,6 +246,7 @@ class _Run:
             change = self.changes[(org, day.stream_id)] = Change(day.stream_id, day.version, [], [])
         for event in events:
             day.apply(event)
+        self.order.setdefault(org, []).extend((day.stream_id, len(change.events) + n) for n in range(len(events)))
         change.events += events
         change.metas += [meta] * len(events)
 
@@ -273,7 +275,7 @@ class _Run:
         for org in sorted({org for org, _ in self.changes}):
             version, catalog = self.facts.catalogs[org]
             works.append(Work(org, catalog, version, [c for (o, _), c in self.changes.items() if o == org],
-                              self.touched.get(org, ()), self.results.get(org, ())))
+                              self.touched.get(org, ()), self.results.get(org, ()), order=self.order.get(org, ())))
         if not works:
             return
         if len(works) == 1:

@@ -62,6 +62,16 @@ class Work:
     touched: Sequence[tuple[Appointment | None, Appointment]] = ()
     results: Sequence[tuple[str, PendingResult]] = ()  # (stream id, result)
     writes: Sequence[Write] = ()  # write-side rows not about appointments (the orgs row)
+    # The events in the order they were decided, as (stream id, index in that stream's change), when several
+    # decisions span streams: one appointment moved A → B → A puts its last arrival in A's change, before the
+    # move to B, and the read models must see the moves as decided. Without it, change by change.
+    order: Sequence[tuple[str, int]] = ()
+
+    def decided(self) -> list[ev.Event]:
+        if not self.order:
+            return [event for change in self.changes for event in change.events]
+        by_stream = {change.stream_id: change.events for change in self.changes}
+        return [by_stream[stream][index] for stream, index in self.order]
 
 
 # A stream appended to only if it does not exist yet: its first event, and the stream's row. Either may already
@@ -335,9 +345,9 @@ class UnitOfWork:
         """Write `work` atomically. Callers may already have folded its events into the cached window-days
         (deciding a batch needs that); if the commit fails, those days are evicted."""
         org = uuid.UUID(work.org_id)
-        writes = [w for change in work.changes for event in change.events for p in INLINE
-                  for w in p.writes(event, org)]
-        writes += [w for change in work.changes for event in change.events if event.type.startswith("hold.")
+        decided = work.decided()
+        writes = [w for event in decided for p in INLINE for w in p.writes(event, org)]
+        writes += [w for event in decided if event.type.startswith("hold.")
                    for w in write_side.hold_writes(event, org, work.catalog)]
         writes += [w for before, after in work.touched for w in write_side.writes(before, after, org, work.catalog)]
         writes += work.writes
