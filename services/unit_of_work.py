@@ -64,7 +64,8 @@ class Work:
     writes: Sequence[Write] = ()  # write-side rows not about appointments (the orgs row)
     # The events in the order they were decided, as (stream id, index in that stream's change), when several
     # decisions span streams: one appointment moved A → B → A puts its last arrival in A's change, before the
-    # move to B, and the read models must see the moves as decided. Without it, change by change.
+    # move to B, and the log (so every rebuild and every reader of the events topic) and the read models must
+    # see the moves as decided. Without it, change by change.
     order: Sequence[tuple[str, int]] = ()
 
     def decided(self) -> list[ev.Event]:
@@ -363,10 +364,12 @@ class UnitOfWork:
             if len({s.table for s in statements}) == len(statements):
                 # One round trip: every row write rides in the append's statement, after its guard.
                 riders = [SideWrite(s.text(GUARD), (s.rows,)) for s in statements]
-                stored = await self.store.append(appends, conn, side_writes=[*riders, *riding], condition=condition)
+                stored = await self.store.append(appends, conn, side_writes=[*riders, *riding], condition=condition,
+                                                 order=work.order)
             else:
                 async with conn.transaction():
-                    stored = await self.store.append(appends, conn, side_writes=riding, condition=condition)
+                    stored = await self.store.append(appends, conn, side_writes=riding, condition=condition,
+                                                     order=work.order)
                     for statement in statements:
                         await statement.run(conn)
         except asyncpg.UniqueViolationError as exc:

@@ -203,26 +203,36 @@ class EventStore:
             listener()
 
     async def append(self, appends: Sequence[Append], conn: asyncpg.Connection | None = None, *,
-                     side_writes: Sequence[SideWrite] = (), condition: SideWrite | None = None
-                     ) -> list[StoredEvent]:
+                     side_writes: Sequence[SideWrite] = (), condition: SideWrite | None = None,
+                     order: Sequence[tuple[str, int]] = ()) -> list[StoredEvent]:
         """Append to every stream or to none, in one statement; `side_writes` ride in it (see SideWrite) and
         `condition` must also hold. Pass `conn` to join the caller's transaction. Raises ConcurrencyError if a
-        stream is not at its expected version (or `condition` does not hold)."""
+        stream is not at its expected version (or `condition` does not hold). The events take their places in
+        the log stream by stream, or as `order` lists them: every event once, as (stream id, index among that
+        stream's events), so that the log's order across streams is the order they were decided in."""
         appends = [a for a in appends if a.events]
         if not appends:
             return []
         if conn is None:
             async with self.pool.acquire() as own:
-                stored = await self._append(own, appends, side_writes, condition)
+                stored = await self._append(own, appends, side_writes, condition, order)
             self.announce()
             return stored
-        return await self._append(conn, appends, side_writes, condition)
+        return await self._append(conn, appends, side_writes, condition, order)
 
     async def _append(self, conn: asyncpg.Connection, appends: list[Append], side_writes: Sequence[SideWrite],
-                      condition: SideWrite | None) -> list[StoredEvent]:
+                      condition: SideWrite | None, order: Sequence[tuple[str, int]] = ()) -> list[StoredEvent]:
         streams = [(a.stream_id, a.expected_version, a.expected_version + len(a.events), a.org_id) for a in appends]
-        events = [(e.event_id, a.stream_id, a.expected_version + n, e.type, e.schema_version, e.data, e.metadata,
-                   a.org_id) for a in appends for n, e in enumerate(a.events, 1)]
+        if order:
+            by_stream = {a.stream_id: a for a in appends}
+            placed = [(by_stream[stream], index) for stream, index in order]
+            if sorted((a.stream_id, i) for a, i in placed) != sorted((a.stream_id, i) for a in appends
+                                                                    for i in range(len(a.events))):
+                raise ValueError("an append's order must list each of its events once")
+        else:
+            placed = [(a, i) for a in appends for i in range(len(a.events))]
+        events = [(e.event_id, a.stream_id, a.expected_version + i + 1, e.type, e.schema_version, e.data, e.metadata,
+                   a.org_id) for a, i in placed for e in (a.events[i],)]
         args: list[Any] = [streams, events, len(streams)]
         if condition is not None:
             args += condition.args
