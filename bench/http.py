@@ -17,8 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench.run import (HOT_DAYS, SPREAD_DAYS, LocalKafka, LocalPostgres, Settings, cpu_share, cpu_snapshot,
-                       free_port, hot_window, loadgen, set_up_clinic, spawn, stop, wait_ready)
+from bench.run import (HOT_DAYS, LocalKafka, LocalPostgres, Settings, free_port, hot_window, set_up_clinic, spawn,
+                       spread_load, stop, wait_ready)
 from services.cli import _run_service
 
 
@@ -47,17 +47,13 @@ async def main(layouts: list[str], clients: int, seconds: int, rounds: int, hot:
                               f" decisions/s (slowest {r['min_decisions_per_s']:,.0f}), succeeded {r['succeeded']}",
                               flush=True)
                         continue
-                    before = cpu_snapshot(service.pid, pg.process.pid, kafka.process.pid)
-                    r = loadgen("spread", "--url", url, "--key", clinic["key"], "--clients", str(clients),
-                                "--seconds", str(seconds), "--days", str(SPREAD_DAYS))
-                    cores = cpu_share(before, cpu_snapshot(service.pid, pg.process.pid, kafka.process.pid),
-                                      r["seconds"], r["loadgen_cpu_seconds"])
+                    r = spread_load(url, clinic, clients, seconds, (service.pid, pg.process.pid, kafka.process.pid))
                 finally:
                     stop(service)
                 latency = r["latency_ms"]
                 print(f"round {round_} {layout}: {r['creates_per_s']:,.0f} creates/s at {clients} clients,"
                       f" p50/p95/p99 {latency['p50']}/{latency['p95']}/{latency['p99']} ms, errors {r['errors']};"
-                      f" cores busy {', '.join(f'{k} {v}' for k, v in cores.items())}", flush=True)
+                      f" cores busy {', '.join(f'{k} {v}' for k, v in r['cores_busy'].items())}", flush=True)
     finally:
         kafka.stop()
         pg.stop()

@@ -246,6 +246,16 @@ def pgbench(pg_url_port: int, clients: int, seconds: int, script: Path) -> float
     return float(re.search(r"tps = ([\d.]+)", result.stdout).group(1))
 
 
+def spread_load(url: str, clinic: dict, clients: int, seconds: int, pids: tuple[int, int, int], *extra: str) -> dict:
+    """http-spread's load from `clients` clients for `seconds`, its figures with `cores_busy`: what the service,
+    PostgreSQL and the broker (`pids`, as cpu_snapshot takes them) and the load generator used meanwhile."""
+    before = cpu_snapshot(*pids)
+    result = loadgen("spread", "--url", url, "--key", clinic["key"], "--clients", str(clients),
+                     "--seconds", str(seconds), "--days", str(SPREAD_DAYS), *extra)
+    result["cores_busy"] = cpu_share(before, cpu_snapshot(*pids), result["seconds"], result["loadgen_cpu_seconds"])
+    return result
+
+
 def loadgen(*args: str) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run([sys.executable, "-m", "bench.loadgen", *args], capture_output=True, text=True,
@@ -652,12 +662,8 @@ async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka
                 # service process as deployed.
                 relay = RelayLagReader(kafka.bootstrap, settings.topic("events")).start() \
                     if clients == 64 and workers == 1 else None
-                cpu_before = cpu_snapshot(service.pid, pg.process.pid, kafka.process.pid)
-                result = loadgen("spread", "--url", url, "--key", clinic["key"], "--clients", str(clients),
-                                 "--seconds", str(seconds), "--days", str(SPREAD_DAYS), "--lag-every", "50")
-                result["cores_busy"] = cpu_share(cpu_before, cpu_snapshot(service.pid, pg.process.pid,
-                                                                          kafka.process.pid),
-                                                 result["seconds"], result["loadgen_cpu_seconds"])
+                result = spread_load(url, clinic, clients, seconds, (service.pid, pg.process.pid, kafka.process.pid),
+                                     "--lag-every", "50")
                 result["workers"] = workers
                 if relay is not None:
                     result["relay_lag"] = relay.stop()
