@@ -80,9 +80,13 @@ class LocalPostgres:
             _make_reachable(binaries.parent, run_as["user"])
             _make_reachable(self.data_dir, run_as["user"])
         if not (self.data_dir / "PG_VERSION").exists():
+            # Text sorts by code point whatever the machine's locale (ids, phones and references are compared
+            # on every index insert, and the builtin provider compares them as bytes: PostgreSQL spent ~5% less
+            # per Kafka create than under libc's C.UTF-8, whose strcoll it cannot skip), with Unicode's case
+            # rules kept for names.
             subprocess.run(
                 [str(binaries / "initdb"), "-D", str(self.data_dir), "--auth=trust", "-U", "postgres",
-                 "--encoding=UTF8", "--no-instructions"],
+                 "--encoding=UTF8", "--locale-provider=builtin", "--builtin-locale=C.UTF-8", "--no-instructions"],
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **run_as,
             )
         self.data_dir.chmod(0o700)  # postgres refuses a wider data dir (and repairs an older checkout's)
