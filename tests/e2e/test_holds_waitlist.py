@@ -9,6 +9,7 @@ import asyncio
 import datetime as dt
 from collections import Counter
 
+from domain import windowday as wd
 from services.handler import utcnow
 from services.projector import rebuild
 from services.runtime import Runtime
@@ -199,6 +200,56 @@ async def test_freed_places_go_to_the_waitlist_in_join_order_in_the_cancels_own_
         report = await rebuild(runtime.pool, runtime.store, ["holds_waitlist"], batch_size=batch_size)
         assert report["holds_waitlist"]["rows"] == {"rm_holds": 4, "rm_waitlist": 5}
         assert await snapshot() == live
+
+
+async def test_an_entry_on_two_window_days_is_offered_on_one_and_leaves_the_other(runtime, http):
+    """An entry without a session queues on both windows of its day. Its offer and its leaving the other queue
+    are events on two streams of one commit: when it joins with a place open in one window (days 5 and 6), and
+    when a cancel frees one (days 3 and 4). Stream ids sort by random window ids, so each case is run with the
+    offering stream sorting first and last. The read models must end as decided whichever stream's events the
+    commit holds first, as written and after a rebuild."""
+    api = await setup_clinic(await new_org(runtime, http), max_slots=1)
+    for days_ahead, offering, open_at_join in ((3, 0, False), (4, 1, False), (5, 0, True), (6, 1, True)):
+        booked = {}
+        for session, hhmm in (("Morning", "10:00"), ("Evening", "18:00")):
+            status, body = await api.post("/v1/appointments", _create(api, days_ahead, 10 * days_ahead + len(booked),
+                                                                      hhmm))
+            assert status == 201, body
+            booked[session] = body["appointment_id"]
+        async with runtime.pool.acquire() as conn:
+            window = {s: await conn.fetchval("SELECT window_id FROM rm_appointments WHERE appointment_id = $1", a)
+                      for s, a in booked.items()}
+        first, last = sorted(window, key=lambda s: wd.stream_id(window[s], local_date(api, days_ahead)))
+        offered_on, other = (first, last) if offering == 0 else (last, first)
+
+        async def cancel(session: str) -> None:
+            status, body = await api.patch(f"/v1/appointments/{booked[session]}", {"status": "cancelled"})
+            assert status == 200, body
+        if open_at_join:
+            await cancel(offered_on)
+        status, entry = await api.post("/v1/waitlist", {
+            "appointment_type": "general checkup", "date": local_date(api, days_ahead),
+            "patient_name": f"Waiting {days_ahead}", "parent_phone": f"+155540000{days_ahead:02d}"})
+        assert status == 201 and entry["data"]["status"] == ("offered" if open_at_join else "waiting"), entry
+        if not open_at_join:
+            await cancel(offered_on)
+        status, body = await api.get(f"/v1/waitlist/{entry['waitlist_id']}")
+        assert status == 200 and body["data"]["status"] == "offered" and body["data"]["hold_id"], body
+        assert await _availability(api, days_ahead, offered_on) == {"booked": 0, "held": 1, "available": 0}
+        await cancel(other)  # the entry left that queue: the place freed there is nobody's offer
+        assert await _availability(api, days_ahead, other) == {"booked": 0, "held": 0, "available": 1}
+        status, body = await api.get(f"/v1/waitlist/{entry['waitlist_id']}")
+        assert body["data"]["status"] == "offered", body
+
+    async def snapshot():
+        async with runtime.pool.acquire() as conn:
+            return [tuple(r) for r in await conn.fetch(
+                "SELECT w.waitlist_id, w.status, w.hold_id, h.stream_id, h.status FROM rm_waitlist w"
+                " JOIN rm_holds h USING (hold_id) ORDER BY w.waitlist_id")]
+    live = await snapshot()
+    assert [(row[1], row[4]) for row in live] == [("offered", "held")] * 4
+    await rebuild(runtime.pool, runtime.store, ["holds_waitlist"])
+    assert await snapshot() == live
 
 
 async def _waitlist(api, days_ahead: int = 3) -> list[dict]:
