@@ -64,10 +64,14 @@ class AppointmentsProjector:
         match event:
             case ev.AppointmentBooked() | ev.AppointmentRescheduled():
                 r = event.appointment
-                # Bookings from before patients had ids get them here, on rebuild (phones as sent then).
                 phone = getattr(event, "phone_e164", None) or phone_key(r["parent_phone"])
-                patient = r.get("patient_id") or patient_id(str(org_id), r["parent_phone"], r["patient_name"])
-                r = {**r, "patient_id": patient, "doctor_id": r.get("doctor_id")}
+                patient = r.get("patient_id")
+                if not patient or "doctor_id" not in r:
+                    # Bookings from before patients and doctors had ids get them here, on rebuild (phones as
+                    # sent then). Others keep the event's own dict (never changed in place): a copy of every
+                    # record was ~6% of a rebuild's Python.
+                    patient = patient or patient_id(str(org_id), r["parent_phone"], r["patient_name"])
+                    r = {**r, "patient_id": patient, "doctor_id": r.get("doctor_id")}
                 out = [Write(TABLE, _PUT, (
                     r["appointment_id"], org_id, dt.date.fromisoformat(r["date"]), r["branch_id"], r["window_id"],
                     r["status"], phone, r["assigned_doctor"], r["appointment_type"], r["external_reference_id"], r,
