@@ -30,6 +30,7 @@ from schemas.text import BadInput, check_decoded
 from services import commands
 from services import command_results
 from services.command_results import CommandAlreadyApplied
+from services.aio import stop_consumer
 from services.bulk import BulkDecider, Decided
 from services.handler import CommandHandler
 from services.outcome import Meta
@@ -214,7 +215,7 @@ class Ingestor:
             except asyncio.TimeoutError:
                 log.warning("the ingestor did not finish its batch in 30 s; its commands will be redelivered")
         if self._consumer is not None:
-            await self._consumer.stop()
+            await stop_consumer(self._consumer)
         if self._producer is not None:
             await self._producer.stop()
 

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from aiokafka import AIOKafkaConsumer
 
+from services.aio import stop_consumer
 from services.settings import Settings
 
 _SUMMARY_FIELDS = ("patient_name", "date", "session", "status", "previous_status", "token", "changes", "reason",
@@ -60,5 +61,5 @@ async def tail(settings: Settings, from_beginning: bool, types: list[str], limit
                     if limit is not None and printed >= limit:
                         return 0
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     return 0

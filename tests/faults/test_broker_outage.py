@@ -97,3 +97,26 @@ async def test_broker_killed_and_restarted_under_load(pg_url, schema, own_broker
             assert booked == COMMANDS + len(acknowledged)  # one effect per command, one per 201
     finally:
         await rt.stop()
+
+
+async def test_a_consumer_stopped_while_its_broker_is_down_stops_cleanly(own_broker, topic_prefix):
+    """aiokafka's stop() lets out a CancelledError of its own fetch task when that task is backing off from a
+    broker that is not there (aio-libs/aiokafka#647): `slotledger up` exited 1 on Ctrl-C just after restarting
+    its broker. A long backoff makes the window certain here; stop_consumer must return, and quickly."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from services.aio import stop_consumer
+
+    topic = f"{topic_prefix}.stop-while-down"
+    await publish(own_broker.bootstrap, topic, [encoded({"n": 1}, "k")])
+    consumer = AIOKafkaConsumer(bootstrap_servers=own_broker.bootstrap, retry_backoff_ms=30_000,
+                                request_timeout_ms=5_000, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        assert await consumer.getmany(timeout_ms=10_000)  # fetching from the broker
+        own_broker.kill()
+        await asyncio.sleep(3)  # the next fetch has failed and its task backs off for 30 s
+    finally:
+        started = time.monotonic()
+        await stop_consumer(consumer)
+    assert time.monotonic() - started < 10
