@@ -12,7 +12,9 @@ from collections import Counter
 
 import aiohttp
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from services.aio import stop_consumer
 from services.local.kafka import LocalKafka
 from services.runtime import Runtime
 from services.settings import Settings
@@ -103,9 +105,6 @@ async def test_a_consumer_stopped_while_its_broker_is_down_stops_cleanly(own_bro
     """aiokafka's stop() lets out a CancelledError of its own fetch task when that task is backing off from a
     broker that is not there (aio-libs/aiokafka#647): `slotledger up` exited 1 on Ctrl-C just after restarting
     its broker. A long backoff makes the window certain here; stop_consumer must return, and quickly."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from services.aio import stop_consumer
-
     topic = f"{topic_prefix}.stop-while-down"
     await publish(own_broker.bootstrap, topic, [encoded({"n": 1}, "k")])
     consumer = AIOKafkaConsumer(bootstrap_servers=own_broker.bootstrap, retry_backoff_ms=30_000,
