@@ -7,7 +7,10 @@ frozen dataclass: a window-day loaded from the log makes one per booking, and a 
 """
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any, NamedTuple
+
+from domain.json_keys import jsonb_order
 
 ACTIVE_EXCEPT = "cancelled"  # every other status holds its place in the window-day
 
@@ -48,7 +51,9 @@ class Appointment(NamedTuple):
         return cls._make(map(data.get, FIELDS))
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(zip(FIELDS, self))
+        """As JSON, its keys in jsonb's order (domain.json_keys): the record is stored that way more than once
+        per write, and PostgreSQL then need not sort them."""
+        return dict(zip(JSONB_ORDER, _in_jsonb_order(self)))
 
     @property
     def active(self) -> bool:
@@ -60,3 +65,5 @@ class Appointment(NamedTuple):
 
 
 FIELDS = Appointment._fields  # declaration order: from_dict passes by position
+JSONB_ORDER = jsonb_order(FIELDS)
+_in_jsonb_order = itemgetter(*(FIELDS.index(name) for name in JSONB_ORDER))
