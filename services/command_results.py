@@ -44,10 +44,8 @@ def pending(meta: Meta, outcome: Outcome, stream_version: int) -> PendingResult 
 def riding_append(org_id: uuid.UUID, results: list[tuple[str, PendingResult]]) -> SideWrite:
     """(stream id, result) pairs, each stored with its event."""
     return SideWrite(
-        "INSERT INTO command_results (command_id, org_id, result) SELECT c.id, $2::uuid, CASE"
-        " WHEN c.result->'data' ? 'position' THEN jsonb_set(jsonb_set(c.result, '{position}',"
-        " to_jsonb(i.global_position)), '{data,position}', to_jsonb(i.global_position))"
-        " ELSE jsonb_set(c.result, '{position}', to_jsonb(i.global_position)) END"
+        "INSERT INTO command_results (command_id, org_id, result, position)"
+        " SELECT c.id, $2::uuid, c.result, i.global_position"
         " FROM (SELECT (r->>0)::uuid AS id, r->1 AS result, r->>2 AS stream, (r->>3)::int AS version"
         " FROM jsonb_array_elements($1::jsonb) AS r) AS c"
         " JOIN ins i ON i.stream_id = c.stream AND i.stream_version = c.version",
@@ -63,19 +61,32 @@ async def store_without_effect(conn: asyncpg.Connection, results: list[tuple[uui
     rows = await conn.fetch(
         "WITH new AS (INSERT INTO command_results (command_id, org_id, result)"
         " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::jsonb[]) ON CONFLICT (command_id) DO NOTHING"
-        " RETURNING command_id, result)"
-        " SELECT command_id, result FROM new UNION ALL SELECT command_id, result FROM command_results"
-        " WHERE command_id = ANY($1::uuid[]) AND command_id NOT IN (SELECT command_id FROM new)",
+        " RETURNING command_id, result, position)"
+        " SELECT command_id, result, position FROM new UNION ALL SELECT command_id, result, position"
+        " FROM command_results WHERE command_id = ANY($1::uuid[]) AND command_id NOT IN (SELECT command_id FROM new)",
         [c for c, _, _ in results], [o for _, o, _ in results], [r for _, _, r in results])
-    return {row["command_id"]: row["result"] for row in rows}
+    return {row["command_id"]: _answer(row) for row in rows}
 
 
 async def recall(conn: asyncpg.Connection, command_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict]:
     """The stored results of those commands that have one."""
-    rows = await conn.fetch("SELECT command_id, result FROM command_results WHERE command_id = ANY($1::uuid[])",
-                            command_ids)
-    return {row["command_id"]: row["result"] for row in rows}
+    rows = await conn.fetch("SELECT command_id, result, position FROM command_results"
+                            " WHERE command_id = ANY($1::uuid[])", command_ids)
+    return {row["command_id"]: _answer(row) for row in rows}
 
 
 async def stored(conn: asyncpg.Connection, command_id: uuid.UUID | str) -> dict | None:
-    return await conn.fetchval("SELECT result FROM command_results WHERE command_id = $1", uuid.UUID(str(command_id)))
+    row = await conn.fetchrow("SELECT result, position FROM command_results WHERE command_id = $1",
+                              uuid.UUID(str(command_id)))
+    return None if row is None else _answer(row)
+
+
+def _answer(row: asyncpg.Record) -> dict:
+    """A stored result as it was answered: with the position of its events, kept beside it (migration 016),
+    at the top and, for an appointment's record, in its data."""
+    result, position = row["result"], row["position"]
+    if position is not None:
+        result["position"] = position
+        if isinstance(result.get("data"), dict) and "position" in result["data"]:
+            result["data"]["position"] = position
+    return result

@@ -7,6 +7,7 @@ import asyncio
 import uuid
 
 from services.booking_batch import BATCH_SIZE, LOST_RACES
+from services.command_results import recall
 from tests.builders import create_body
 from tests.e2e.conftest import local_at, local_date, new_org, setup_clinic
 
@@ -87,9 +88,7 @@ async def test_queued_kafka_style_results_are_recorded_once(runtime, http):
         "duration_minutes": None}, Meta(command_id=command_id, actor="kafka"))
         for i, command_id in enumerate(commands)))
     async with runtime.pool.acquire() as conn:
-        rows = await conn.fetch("SELECT command_id::text, result FROM command_results WHERE command_id::text"
-                                " = ANY($1)", commands)
-    stored = {r["command_id"]: r["result"] for r in rows}
+        stored = {str(k): v for k, v in (await recall(conn, [uuid.UUID(c) for c in commands])).items()}
     assert set(stored) == set(commands)
     for command_id, outcome in zip(commands, outcomes):
         result = stored[command_id]

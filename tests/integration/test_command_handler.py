@@ -11,7 +11,7 @@ from domain.errors import DomainError
 from domain.timerules import WEEKDAYS
 from schemas.http import CreateBranch, CreateService, CreateWindow, SettingsPatch
 from services import commands
-from services.command_results import CommandAlreadyApplied
+from services.command_results import CommandAlreadyApplied, recall, stored
 from services.handler import CommandHandler
 from services.outcome import Meta
 from tests.builders import create_body
@@ -101,14 +101,28 @@ async def test_a_kafka_command_has_one_effect_and_its_result_is_stored_with_its_
         await CommandHandler(pool, store).create_appointment(org_id, create_body(at("10:30"), "+32"),
                                                              Meta(command_id=command_id))
     async with pool.acquire() as conn:
-        result = await conn.fetchval("SELECT result FROM command_results WHERE command_id = $1",
-                                     uuid.UUID(command_id))
+        result = await stored(conn, command_id)
+        row = await conn.fetchrow("SELECT result, position FROM command_results WHERE command_id = $1",
+                                  uuid.UUID(command_id))
         events = await conn.fetch("SELECT global_position, event_type FROM events WHERE metadata->>'command_id' = $1"
                                   " ORDER BY global_position", command_id)
     assert [e["global_position"] for e in events if e["event_type"] == "appointment.booked"] == [outcome.position]
     assert sorted(e["event_type"] for e in events) == ["appointment.booked", "patient.registered"]
     assert result["position"] == result["data"]["position"] == outcome.position
     assert result["data"]["appointment_id"] == outcome.data["appointment_id"] and result["status"] == 201
+    # The position is kept beside the result, not written into its JSON (migration 016), and read back into it.
+    assert row["position"] == outcome.position and row["result"]["data"]["position"] is None
+
+
+async def test_a_result_stored_with_its_position_inside_reads_back_as_stored(pool):
+    """Results stored before migration 016 hold their position in their JSON and none beside it."""
+    command_id = uuid.uuid4()
+    old = {"command_id": str(command_id), "ok": True, "status": 201, "position": 42,
+           "data": {"appointment_id": "appt_1", "position": 42}}
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO command_results (command_id, result) VALUES ($1, $2)", command_id, old)
+        assert await stored(conn, command_id) == old
+        assert await recall(conn, [command_id, uuid.uuid4()]) == {command_id: old}
 
 
 async def test_loading_a_configuration_reads_its_configuration_streams_and_no_patients(pool, store):
