@@ -513,10 +513,11 @@ async def time_rebuild(settings: Settings, postgres: int) -> dict:
     """The rebuild runs in this process: its CPU is this process's, beside PostgreSQL's (pid `postgres`).
 
     It starts on a settled database (settle_database), as the Kafka phase does. A log a deployment rebuilds is
-    history that autovacuum visited long ago; a log the bench has just written is read for the first time by the
-    rebuild, which then sets every tuple's hint bits and, with the data checksums PostgreSQL 18 enables by
-    default, logs a full-page image of each page it so changes: 22,310 full-page images against 6,522 and
-    564 MB of WAL against 444 in one 300,000-event rebuild (bench/reports/ab-session24.txt §6)."""
+    history its relay read as it was committed and autovacuum visited long ago. A log fill_log has just written
+    (no relay reads it) is read for the first time by the rebuild, which then sets every tuple's hint bits and,
+    with the data checksums PostgreSQL 18 enables by default, logs a full-page image of each page it so changes:
+    22,310 full-page images against 6,522 and 564 MB of WAL against 444 in one 300,000-event rebuild
+    (bench/reports/ab-session24.txt §6)."""
     settled = await settle_database(settings)
     maintenance_before = await maintenance_runs(settings)
     rt = Runtime(settings, components=())
