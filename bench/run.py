@@ -568,6 +568,14 @@ def table(report: dict) -> str:
     def row(name: str, figure: str, r: float | None = None, target: str = "") -> None:
         lines.append(f"{name:42} {figure:>14} {(f'{r:.3f}' if r is not None else ''):>18}  {target}")
 
+    def maintenance(phase: dict) -> None:
+        """The settle before a phase and autovacuum's passes during it (settle_database, maintenance_runs)."""
+        if phase.get("settle_seconds") is not None:
+            row("  VACUUM (ANALYZE) and CHECKPOINT before it (s)", f"{phase['settle_seconds']}")
+        if phase.get("autovacuum_runs"):
+            row("  autovacuum during the phase: vacuums / analyses",
+                "{vacuum} / {analyze}".format(**phase["autovacuum_runs"]))
+
     for clients in sorted(c, key=int):
         row(f"pgbench 1-row INSERT, {clients} clients (tps)", f"{c[clients]:,.0f}")
     for s in report["http_spread"]:
@@ -609,11 +617,7 @@ def table(report: dict) -> str:
         row("  from ingestor process start (cmd/s)", f"{k['commands_per_s_from_process_start']:,.0f}")
         if k.get("commands_per_s_steady"):
             row("  steady: from 10% to 90% of the results (cmd/s)", f"{k['commands_per_s_steady']:,.0f}")
-        if k.get("settle_seconds") is not None:
-            row("  VACUUM (ANALYZE) and CHECKPOINT before it (s)", f"{k['settle_seconds']}")
-        if k.get("autovacuum_runs"):
-            row("  autovacuum during the phase: vacuums / analyses",
-                f"{k['autovacuum_runs']['vacuum']} / {k['autovacuum_runs']['analyze']}")
+        maintenance(k)
         row("  commands answered / answered again (counted once)",
             f"{k['results']:,} / {k.get('repeated_results', 0):,}")
         if "cores_busy" in k:
@@ -624,10 +628,7 @@ def table(report: dict) -> str:
     if r:
         row(f"rebuild {r['log_events']:,} log events into all {len(r['projections'])} projections (ev/s)",
             f"{r['events_per_s']:,.0f}", None, "≥ 50,000 events/s")
-        if r.get("settle_seconds") is not None:
-            row("  VACUUM (ANALYZE) and CHECKPOINT before it (s)", f"{r['settle_seconds']}")
-            row("  autovacuum during the phase: vacuums / analyses",
-                "{vacuum} / {analyze}".format(**r["autovacuum_runs"]))
+        maintenance(r)
         if "cpu_us_per_event" in r:
             row(cpu_line("event", r["cpu_us_per_event"], cores), "")
     row("idle service memory (RSS MB)", str(report["idle_rss_mb"]), None, "< 150 MB")
