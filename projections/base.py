@@ -162,11 +162,25 @@ class Load:
         load.seen = {table: set() for table in load.columns}
         return load
 
-    def split(self, writes: Iterable[Write]) -> tuple[dict[str, list[list]], list[Statement]]:
-        """One batch's writes → (rows to COPY per table, statements to run before them)."""
-        fresh: dict[str, dict[Hashable, list]] = {table: {} for table in self.columns}
-        late = []
-        folds, seen = self.folds, self.seen
+    def batch(self) -> "Split":
+        """One batch's writes, split as they are added (see Split)."""
+        return Split(self)
+
+
+@dataclass
+class Split:
+    """One batch's writes → rows to COPY per table, and statements to run before them. Writes may be added in
+    several calls, in log order, so a caller can let others run between them."""
+    load: Load
+    fresh: dict[str, dict[Hashable, list]] = field(init=False)  # table → rows folded in memory, by key
+    late: list[Write] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.fresh = {table: {} for table in self.load.columns}
+
+    def add(self, writes: Iterable[Write]) -> None:
+        fresh, late = self.fresh, self.late
+        folds, seen = self.load.folds, self.load.seen
         for write in writes:
             fold, key = folds.get(write.sql), write.keys[0]
             if fold is None or (key in seen[write.table] and key not in fresh[write.table]):
@@ -174,7 +188,10 @@ class Load:
             else:
                 seen[write.table].add(key)
                 fold(fresh[write.table], key, write.row)
-        return {table: list(rows.values()) for table, rows in fresh.items() if rows}, compile_writes(late)
+
+    def result(self) -> tuple[dict[str, list[list]], list[Statement]]:
+        return ({table: list(rows.values()) for table, rows in self.fresh.items() if rows},
+                compile_writes(self.late))
 
 
 def decoded(stored: Iterable[tuple[str, Any, Any]]) -> list[tuple[ev.Event, Any]]:
