@@ -162,10 +162,6 @@ class Load:
         load.seen = {table: set() for table in load.columns}
         return load
 
-    def batch(self) -> "Split":
-        """One batch's writes, split as they are added (see Split)."""
-        return Split(self)
-
 
 @dataclass
 class Split:

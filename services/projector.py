@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from projections.base import Load, Projector, apply_batch, decoded
+from projections.base import Load, Projector, Split, apply_batch, decoded
 from projections.registry import ASYNCHRONOUS, INLINE, all_projectors
 from services.logs import log
 from services.loops import health
@@ -137,8 +137,8 @@ async def rebuild(pool: asyncpg.Pool, store: EventStore, names: list[str] | None
             await conn.execute(f"DROP INDEX {index['name']}", timeout=limit)
         load = Load.of(chosen)
         position, events = START, 0
-        projected = _projected(pool, store, chosen, load, gap_safe, batch_size, slice_size)
-        async for batch, statements, rows in projected:
+        async for batch, statements, rows in _projected(pool, store, chosen, load, gap_safe, batch_size,
+                                                        slice_size):
             for statement in statements:
                 await statement.run(conn, timeout=limit)
             for table, records in rows.items():
@@ -173,10 +173,11 @@ async def _no_cycle_collection():
 
 async def _projected(pool: asyncpg.Pool, store: EventStore, projectors: list[Projector], load: Load,
                      gap_safe: bool, batch_size: int, slice_size: int):
-    """The log in batches, each with its statements and its rows to COPY (`load` splits them), read and
+    """The log in batches, each with its statements and its rows to COPY (a Split of `load`), read and
     projected on a connection of its own one batch ahead of the writer: PostgreSQL writes a batch while Python
-    reads and projects the next, `slice_size` events at a time. (The reader starts once the rebuild holds its locks: an event it cannot see
-    yet belongs to a writer that waits on them, and that writer projects it itself after the rebuild commits.)"""
+    reads and projects the next, `slice_size` events at a time. (The reader starts once the rebuild holds its
+    locks: an event it cannot see yet belongs to a writer that waits on them, and that writer projects it itself
+    after the rebuild commits.)"""
     ready: asyncio.Queue = asyncio.Queue(maxsize=1)
 
     async def read() -> None:
@@ -185,7 +186,7 @@ async def _projected(pool: asyncpg.Pool, store: EventStore, projectors: list[Pro
             async with pool.acquire() as reader:
                 while batch := await store.replay_log(position, batch_size, reader, gap_safe=gap_safe):
                     position = position_of(batch[-1])
-                    split = load.batch()
+                    split = Split(load)
                     for start in range(0, len(batch), slice_size):
                         events = decoded((r["event_type"], r["data"], r["org_id"])
                                          for r in batch[start:start + slice_size])
