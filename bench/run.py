@@ -398,7 +398,7 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
         wall = time.perf_counter() - launched
         cpu_after = cpu()
         samples.append((launched + wall, len(stamps), cpu_after))
-        maintenance = {k: v - maintenance_before[k] for k, v in (await maintenance_runs(settings)).items()}
+        maintenance = await maintenance_runs(settings, since=maintenance_before)
         cores = cpu_share(cpu_before, cpu_after, wall, 0)
         del cores["loadgen"]
     finally:
@@ -440,16 +440,17 @@ async def settle_database(settings: Settings) -> float:
     return round(time.perf_counter() - started, 1)
 
 
-async def maintenance_runs(settings: Settings) -> dict[str, int]:
-    """How many times autovacuum has vacuumed and analysed the tables so far. A run that lands in a phase spends
-    PostgreSQL's CPU on the tables earlier phases filled, and that phase's CPU per command carries it."""
+async def maintenance_runs(settings: Settings, since: dict[str, int] | None = None) -> dict[str, int]:
+    """How many times autovacuum has vacuumed and analysed the tables so far, or since an earlier count. A run
+    that lands in a phase spends PostgreSQL's CPU on the tables earlier phases filled, and that phase's CPU per
+    command carries it."""
     conn = await asyncpg.connect(settings.database_url)
     try:
         row = await conn.fetchrow("SELECT coalesce(sum(autovacuum_count), 0)::int AS vacuum,"
                                   " coalesce(sum(autoanalyze_count), 0)::int AS analyze FROM pg_stat_user_tables")
     finally:
         await conn.close()
-    return dict(row)
+    return {k: v - (since or {}).get(k, 0) for k, v in row.items()}
 
 
 def _steady(samples: list[tuple[float, int, dict]], commands: int) -> dict:
@@ -537,7 +538,7 @@ async def time_rebuild(settings: Settings, postgres: int) -> dict:
                 "projected_events_per_s": round(sum(r["events"] for r in report.values()) / elapsed, 1),
                 "cpu_us_per_event": {k: round(1e6 * v / log_events, 1) for k, v in cpu.items()},
                 "settle_seconds": settled,
-                "autovacuum_runs": {k: v - maintenance_before[k] for k, v in (await maintenance_runs(settings)).items()}}
+                "autovacuum_runs": await maintenance_runs(settings, since=maintenance_before)}
     finally:
         await rt.stop()
 
