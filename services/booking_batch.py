@@ -203,7 +203,7 @@ class BookingBatcher:
                 touched.append((None, record))
                 answers[i] = written(201, record.as_dict(), None)
                 booked.append((i, day.stream_id, day.version))
-                result = pending(create.meta, answers[i], day.version)
+                result = pending(create.meta, answers[i], day.version, events[-1])
                 if result is not None:
                     results.append((day.stream_id, result))
             if changes:

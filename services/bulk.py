@@ -181,7 +181,7 @@ class _Run:
         record = day.appointments[appointment_id]
         self.facts.homes[appointment_id] = (org, day.stream_id)
         self._touch(org, catalog, None, record)
-        return self._answer(command, org, meta, written(201, events[0].appointment, None), day)
+        return self._answer(command, org, meta, written(201, events[0].appointment, None), day, events[-1])
 
     def _update(self, command: Any, org: str, meta: Meta) -> Decided:
         catalog = self.facts.catalogs[org][1]
@@ -208,7 +208,8 @@ class _Run:
         if not by_stream:
             return Decided(command, written(200, before.as_dict(), None))
         home_day = target or source
-        after = doctors.record_after(before, by_stream.get(home_day.stream_id, []))
+        home_events = by_stream.get(home_day.stream_id, [])
+        after = doctors.record_after(before, home_events)
         doctor_after = doctors.doctor_time(after, catalog)
         if doctor_after is not None and doctor_after != doctors.doctor_time(before, catalog):
             raise _Stop  # a doctor's new time is checked one by one
@@ -216,7 +217,8 @@ class _Run:
             self._fold(org, self._day(stream), events, meta)
         self.facts.homes[appointment_id] = (org, home_day.stream_id)
         self._touch(org, catalog, before, after)
-        return self._answer(command, org, meta, written(200, after.as_dict(), None), home_day)
+        return self._answer(command, org, meta, written(200, after.as_dict(), None), home_day,
+                            home_events[-1] if home_events else None)
 
     # -- the run's state -------------------------------------------------------------------------------
     def _day(self, stream: str) -> wd.WindowDay:
@@ -263,8 +265,10 @@ class _Run:
         if new.get("booking_keys") is not None:
             self.facts.asked.add(_fact_key("booking_keys", new["booking_keys"]))
 
-    def _answer(self, command: Any, org: str, meta: Meta, outcome: Outcome, day: wd.WindowDay) -> Decided:
-        result = pending(meta, outcome, day.version)
+    def _answer(self, command: Any, org: str, meta: Meta, outcome: Outcome, day: wd.WindowDay,
+                riding: ev.Event | None) -> Decided:
+        """`riding`: the command's last event on `day`, which its result rides on."""
+        result = pending(meta, outcome, day.version, riding)
         if result is not None:
             self.results.setdefault(org, []).append((day.stream_id, result))
         return Decided(command, outcome, stream_version=(day.stream_id, day.version))

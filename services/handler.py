@@ -152,7 +152,7 @@ class CommandHandler(Holding):
             await self._check_doctor(conn, org_id, catalog, doctor, placement.service.service_id,
                                      placement.branch.branch_id)
         outcome = written(201, record.as_dict(), None)
-        result = pending(meta, outcome, day.version + 1)
+        result = pending(meta, outcome, day.version + 1, events[-1])
         stored = await self.uow.commit(conn, Work(
             org_id, catalog, version, [Change(day.stream_id, day.version, events, [meta])],
             touched=[(None, record)], results=[(day.stream_id, result)] if result else ()))

@@ -54,7 +54,7 @@ class Holding:
         and fold the events into the cached days once they hold. An appointment's record (`touched`) carries
         the log position of the write."""
         changes = [Change(s, days[s].version, events, [meta] * len(events)) for s, events in by_stream.items()]
-        result = pending(meta, outcome, days[home].version + len(by_stream[home]))
+        result = pending(meta, outcome, days[home].version + len(by_stream[home]), by_stream[home][-1])
         stored = await self.uow.commit(conn, Work(org_id, catalog, version, changes, touched=touched,
                                                   results=[(home, result)] if result else ()))
         for stream, events in by_stream.items():

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.errors import DomainError
-from schemas.kafka import COMMAND
+from schemas.kafka import COMMAND, CommandResult
 from services import commands
 from services.bulk import BulkDecider, Decided
 from services.bulk_facts import read
@@ -140,13 +140,21 @@ async def test_set_wise_decisions_answer_as_one_by_one(pool, store):
     # The read models agree with the one-by-one org's, row for row.
     assert await bookings(pool, org_id) == await bookings(pool, reference_org)
 
-    # Every effect is in the log with its result, at the position answered.
+    # Every effect is in the log with its result, at the position answered, and reads back as it was answered:
+    # a booking's and a reschedule's record from their events, which hold it (not stored twice), others as stored.
     async with pool.acquire() as conn:
         results = await recall(conn, [i.command.command_id for i in items])
+        in_event = dict(await conn.fetch("SELECT command_id, data_in_event FROM command_results"
+                                         " WHERE command_id = ANY($1::uuid[])", [i.command.command_id for i in items]))
     for item in items:
         if item.decided is not None and item.decided.outcome is not None and item.decided.outcome.position:
-            stored = results[item.command.command_id]
-            assert stored["position"] == item.decided.outcome.position == stored["data"]["position"]
+            outcome, stored = item.decided.outcome, results[item.command.command_id]
+            assert stored["position"] == outcome.position == stored["data"]["position"]
+            assert stored == CommandResult.ok_body(item.command.command_id, outcome.status, outcome.data,
+                                                   outcome.position)
+    # bookings (1, 7) and the reschedule (10) ride on events holding the record; the cancel (6) and the
+    # completion (14) are stored whole
+    assert [in_event[items[n - 1].command.command_id] for n in (1, 7, 10, 6, 14)] == [True] * 3 + [False] * 2
 
 
 async def test_consumers_reading_a_window_day_another_process_moved_never_overbook_it(pool, store):

@@ -10,6 +10,7 @@ import pytest
 from domain.errors import DomainError
 from domain.timerules import WEEKDAYS
 from schemas.http import CreateBranch, CreateService, CreateWindow, SettingsPatch
+from schemas.kafka import CommandResult
 from services import commands
 from services.command_results import CommandAlreadyApplied, recall, stored
 from services.handler import CommandHandler
@@ -102,16 +103,17 @@ async def test_a_kafka_command_has_one_effect_and_its_result_is_stored_with_its_
                                                              Meta(command_id=command_id))
     async with pool.acquire() as conn:
         result = await stored(conn, command_id)
-        row = await conn.fetchrow("SELECT result, position FROM command_results WHERE command_id = $1",
+        row = await conn.fetchrow("SELECT result, position, data_in_event FROM command_results WHERE command_id = $1",
                                   uuid.UUID(command_id))
         events = await conn.fetch("SELECT global_position, event_type FROM events WHERE metadata->>'command_id' = $1"
                                   " ORDER BY global_position", command_id)
     assert [e["global_position"] for e in events if e["event_type"] == "appointment.booked"] == [outcome.position]
     assert sorted(e["event_type"] for e in events) == ["appointment.booked", "patient.registered"]
     assert result["position"] == result["data"]["position"] == outcome.position
-    assert result["data"]["appointment_id"] == outcome.data["appointment_id"] and result["status"] == 201
-    # The position is kept beside the result, not written into its JSON (migration 016), and read back into it.
-    assert row["position"] == outcome.position and row["result"]["data"]["position"] is None
+    assert result == CommandResult.ok_body(command_id, 201, outcome.data, outcome.position)  # as it was answered
+    # The position is kept beside the result, not written into its JSON (migration 016), and read back into it;
+    # the record is not stored again either: it is read back from the booking's event (migration 017).
+    assert row["position"] == outcome.position and row["data_in_event"] and "data" not in row["result"]
 
 
 async def test_a_result_stored_with_its_position_inside_reads_back_as_stored(pool):
