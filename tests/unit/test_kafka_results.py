@@ -1,5 +1,6 @@
-"""The hot paths' shortcuts hold to what they shortcut: a Kafka result body to its model, the screen of
-decoded JSON to the full walk, and the producer's partitioning to Kafka's default partitioner."""
+"""The hot paths' shortcuts hold to what they shortcut: a Kafka result body to its model, a stored result
+leaving out only the record its event holds, the screen of decoded JSON to the full walk, and the producer's
+partitioning to Kafka's default partitioner."""
 import json
 import os
 import uuid
@@ -7,7 +8,10 @@ import uuid
 import pytest
 from aiokafka.partitioner import DefaultPartitioner, murmur2 as aiokafka_murmur2
 
+from domain.events import AppointmentBooked, AppointmentStatusChanged
 from schemas.kafka import CommandResult
+from services.command_results import pending
+from services.outcome import Meta, written
 from schemas.text import BadInput, check_decoded, check_json
 from services.produce import murmur2, partition_of
 
@@ -23,6 +27,32 @@ def test_a_success_body_is_what_the_model_makes_of_it(idempotent, position):
     model = CommandResult.model_validate(body)
     assert model.ok and model.command_id == command_id and model.position == position
     assert model.as_json() == body
+
+
+RECORD = {"appointment_id": "appt_1", "status": "confirmed", "token": 3, "notes": None, "tags": ["a"]}
+
+
+@pytest.mark.parametrize("data, riding, left_out", [
+    (RECORD, AppointmentBooked(appointment=RECORD), True),
+    (dict(RECORD), AppointmentBooked(appointment=dict(RECORD)), True),  # equal, not the same objects
+    ({**RECORD, "notes": "changed"}, AppointmentBooked(appointment=RECORD), False),
+    ({**RECORD, "tags": ["b"]}, AppointmentBooked(appointment=RECORD), False),
+    ({**RECORD, "extra": None}, AppointmentBooked(appointment=RECORD), False),
+    ({k: v for k, v in RECORD.items() if k != "token"}, AppointmentBooked(appointment=RECORD), False),
+    (RECORD, AppointmentStatusChanged("appt_1", "cancelled", "confirmed", {}, "2026-01-01T00:00:00Z"), False),
+    (RECORD, None, False),
+])
+def test_a_stored_result_leaves_out_only_the_record_its_event_holds(data, riding, left_out):
+    command_id = str(uuid.uuid4())
+    result = pending(Meta(command_id=command_id), written(201, data, None), 7, riding)
+    assert result.result == CommandResult.ok_body(command_id, 201, {**data, "position": None}, None)  # as answered
+    assert result.data_in_event is left_out
+    assert result.stored == ({k: v for k, v in result.result.items() if k != "data"} if left_out else result.result)
+
+
+def test_a_command_without_an_id_stores_no_result():
+    assert pending(Meta(request_id="req_1"), written(201, RECORD, None), 7, AppointmentBooked(appointment=RECORD)) \
+        is None
 
 
 BAD = [
