@@ -118,7 +118,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 def _cpu(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone (the read fails with ESRCH if it exits meanwhile)
         return 0.0
     return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / _TICK  # self + reaped children
 
@@ -129,7 +129,7 @@ def _children(parent: int) -> list[int]:
         try:
             if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
                 out.append(int(stat.parent.name))
-        except (FileNotFoundError, ValueError, IndexError):
+        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):  # a process that exited meanwhile
             pass
     return out
 
