@@ -75,7 +75,7 @@ def kafka_bootstrap(work_dir):
         return
     from services.local.kafka import LocalKafka
 
-    broker = LocalKafka(work_dir / "kafka").start()
+    broker = LocalKafka(work_dir / "kafka", initial_rebalance_delay_ms=0).start()  # a new group per test
     yield broker.bootstrap
     broker.remove()
 

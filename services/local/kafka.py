@@ -109,6 +109,12 @@ class LocalKafka:
     port: int = 0
     controller_port: int = 0
     process: subprocess.Popen | None = None
+    # How long a new consumer group waits for more members before its first assignment: Kafka's default, as
+    # production brokers run. At 0, the first consumer of two starting workers could take every partition and
+    # a batch before the others joined, and each later join then cost a rebalance that waited for the batches
+    # in hand (bench/reports/ab-session26.txt §6). The tests' broker sets 0: each test's new group would
+    # otherwise wait 3 s.
+    initial_rebalance_delay_ms: int = 3000
 
     @property
     def bootstrap(self) -> str:
@@ -142,7 +148,7 @@ class LocalKafka:
             "transaction.state.log.min.isr=1",
             "share.coordinator.state.topic.replication.factor=1",
             "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
+            f"group.initial.rebalance.delay.ms={self.initial_rebalance_delay_ms}",
             "auto.create.topics.enable=true",
             "",
         ]))
