@@ -2,8 +2,9 @@
 
 A command that appends events stores its result in the append's own statement, given the log position of its
 last event; a command without an effect (a refusal, a no-op, an idempotent replay) stores it alone. Either
-way the first stored result for a command_id is the answer to every later delivery of it. A create's result
-is stored without the appointment's record, which its event already holds: it is read back from there.
+way the first stored result for a command_id is the answer to every later delivery of it. A booking's or a
+reschedule's result is stored without the appointment's record, which its event already holds: it is read back
+from there.
 """
 from __future__ import annotations
 
@@ -30,13 +31,17 @@ class CommandAlreadyApplied(Exception):
 @dataclass(frozen=True)
 class PendingResult:
     """A result to store with the event at `stream_version` of the stream it rides on; its position is that
-    event's, filled in by the statement. `stored`: the result as stored, without its data when that is the
-    record the event holds (`data_in_event`)."""
+    event's, filled in by the statement. `data_in_event`: its data is the record the event holds, so it is
+    stored without it."""
     command_id: str
     result: dict[str, Any]
     stream_version: int
-    stored: dict[str, Any]
     data_in_event: bool = False
+
+    @property
+    def stored(self) -> dict[str, Any]:
+        """The result as stored."""
+        return {k: v for k, v in self.result.items() if k != "data"} if self.data_in_event else self.result
 
 
 def pending(meta: Meta, outcome: Outcome, stream_version: int, riding: Event | None = None) -> PendingResult | None:
@@ -46,10 +51,8 @@ def pending(meta: Meta, outcome: Outcome, stream_version: int, riding: Event | N
         return None
     body = CommandResult.ok_body(meta.command_id, outcome.status, outcome.data, None, outcome.idempotent)
     record = getattr(riding, "appointment", None)
-    if record is not None and _is_record(outcome.data, record):
-        return PendingResult(meta.command_id, body, stream_version, {k: v for k, v in body.items() if k != "data"},
-                             data_in_event=True)
-    return PendingResult(meta.command_id, body, stream_version, body)
+    return PendingResult(meta.command_id, body, stream_version,
+                         data_in_event=record is not None and _is_record(outcome.data, record))
 
 
 def _is_record(data: Any, record: dict[str, Any]) -> bool:

@@ -10,9 +10,9 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2 as aiokafka_murmur2
 
 from domain.events import AppointmentBooked, AppointmentStatusChanged
 from schemas.kafka import CommandResult
+from schemas.text import BadInput, check_decoded, check_json
 from services.command_results import pending
 from services.outcome import Meta, written
-from schemas.text import BadInput, check_decoded, check_json
 from services.produce import murmur2, partition_of
 
 
