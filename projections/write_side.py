@@ -39,6 +39,11 @@ _UPSERTS = {
                        " SET doctor = EXCLUDED.doctor, starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at",
 }
 TABLES = tuple(_UPSERTS)
+# A new appointment's rows go in without ON CONFLICT. Its id is new, so a row already holding that id belongs to
+# another appointment (ids are 51 random bits: two bookings may draw the same one). The primary key then fails
+# the commit, and the booking is decided again under a fresh id; an upsert took the other appointment's rows
+# over. (It also spares PostgreSQL the speculative insertion.)
+_INSERTS = {table: sql.partition(" ON CONFLICT")[0] for table, sql in _UPSERTS.items()}
 _DELETE = ("DELETE FROM {table} WHERE appointment_id IN (SELECT * FROM "
            + recordset("appointment_id text").replace("{", "{{").replace("}", "}}") + ") AND {{guard}}")
 
@@ -62,6 +67,7 @@ def rows(record: Appointment, org_id, catalog: Catalog) -> dict[str, tuple | Non
 def writes(before: Appointment | None, after: Appointment, org_id, catalog: Catalog) -> list[Write]:
     """What changes in the write-side tables when an appointment goes from `before` (None: new) to `after`."""
     old = rows(before, org_id, catalog) if before is not None else {}
+    puts = _UPSERTS if before is not None else _INSERTS
     out = []
     appointment_id = after.appointment_id
     for table, row in rows(after, org_id, catalog).items():
@@ -70,7 +76,7 @@ def writes(before: Appointment | None, after: Appointment, org_id, catalog: Cata
         if row is None:
             out.append(Write(table, _DELETE.format(table=table), (appointment_id,), (appointment_id,)))
         else:
-            out.append(Write(table, _UPSERTS[table], row, (appointment_id,)))
+            out.append(Write(table, puts[table], row, (appointment_id,)))
     return out
 
 

@@ -11,7 +11,9 @@ from domain.errors import DomainError
 from domain.timerules import WEEKDAYS
 from schemas.http import CreateBranch, CreateService, CreateWindow, SettingsPatch
 from schemas.kafka import CommandResult
+import services.handler as handler_module
 from services import commands
+from services.bulk import BulkDecider
 from services.command_results import CommandAlreadyApplied, recall, stored
 from services.handler import CommandHandler
 from services.outcome import Meta
@@ -182,3 +184,36 @@ async def test_an_orgs_configuration_is_read_by_its_streams_keys_never_by_walkin
         plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {_CONFIGURATION}", uuid.uuid4()))
     assert "events_stream_id_stream_version_key" in plan, plan
     assert "events_pkey" not in plan and "Seq Scan on events" not in plan and "Hash" not in plan, plan
+
+
+@pytest.mark.parametrize("path", ["batched", "careful", "set-wise"])
+async def test_a_new_booking_given_an_existing_appointments_id_takes_another(pool, store, monkeypatch, path):
+    """Appointment ids are 51 random bits, so two bookings may draw the same one (likely somewhere past tens of
+    millions of appointments). The later booking must be refused that id and booked under a new one; it must
+    never take over the first appointment's rows."""
+    from tests.integration.test_bulk_decisions import Item, envelope  # (that module imports this one)
+
+    handler = CommandHandler(pool, store)
+    org_id = await clinic(handler)
+    first = await handler.create_appointment(org_id, create_body(at("09:30"), "+51", name="First"), Meta())
+    taken = first.data["appointment_id"]
+    drawn, fresh = [taken], handler_module.short_id
+    monkeypatch.setattr(handler_module, "short_id", lambda prefix: drawn.pop() if drawn else fresh(prefix))
+    body = create_body(at("17:30", DAY + dt.timedelta(days=1)), "+52", name="Second")  # another window-day
+    if path == "set-wise":
+        item = Item(envelope(org_id, 1, "create_appointment", body))
+        await BulkDecider(handler).run([item], careful=None,
+                                       settle=lambda item, decided: setattr(item, "decided", decided))
+        second = item.decided.outcome
+    else:
+        if path == "careful":
+            handler.uow._catalogs.clear()  # without a cached catalog, a create takes the careful path
+        second = await handler.create_appointment(org_id, body, Meta())
+    assert not drawn and second.status == 201 and second.data["appointment_id"] != taken
+    async with pool.acquire() as conn:
+        rows = {r["appointment_id"]: (r["name"], r["stream_id"]) for r in await conn.fetch(
+            "SELECT a.appointment_id, a.record->>'patient_name' AS name, s.stream_id FROM rm_appointments a"
+            " JOIN appointment_streams s USING (appointment_id) WHERE a.org_id = $1", uuid.UUID(org_id))}
+        counted = await conn.fetchval("SELECT count(*) FROM rm_schedule_bookings WHERE org_id = $1", uuid.UUID(org_id))
+    assert rows[taken][0] == "First" and rows[second.data["appointment_id"]][0] == "Second"
+    assert rows[taken][1] != rows[second.data["appointment_id"]][1] and counted == 2
