@@ -10,11 +10,15 @@ from projections.base import Write, inserting, recordset, updating
 
 HOLDS, WAITLIST = "rm_holds", "rm_waitlist"
 
+# A hold's id and an entry's are new (random): a row already holding one belongs to another hold or entry, and the
+# insert fails as a duplicate key (decided again under a fresh id) instead of leaving the newcomer out. An entry
+# has one event on each window-day it waits on; the first inserts its row and the others find it there
+# (slotledger_same_entry, migration 018, fails any other).
 _HOLD = (f"INSERT INTO {HOLDS} (hold_id, org_id, stream_id, window_id, date, service_id, status, expires_at,"
          " waitlist_id, record) SELECT * FROM "
          + recordset("hold_id text, org_id uuid, stream_id text, window_id text, date date, service_id text,"
                      " status text, expires_at timestamptz, waitlist_id text, record jsonb")
-         + " WHERE {guard} ON CONFLICT (hold_id) DO NOTHING")
+         + " WHERE {guard}")
 _HOLD_STATUS = (f"UPDATE {HOLDS} h SET status = r.status, appointment_id = coalesce(r.appointment_id, h.appointment_id)"
                 " FROM " + recordset("hold_id text, status text, appointment_id text", alias="r")
                 + " WHERE h.hold_id = r.hold_id AND {guard}")
@@ -23,7 +27,8 @@ _ENTRY = (f"INSERT INTO {WAITLIST} (waitlist_id, org_id, date, branch_id, servic
           " ARRAY(SELECT jsonb_array_elements_text(streams)), 'waiting', external_reference_id, record FROM "
           + recordset("waitlist_id text, org_id uuid, date date, branch_id text, service_id text, streams jsonb,"
                       " external_reference_id text, record jsonb")
-          + " WHERE {guard} ON CONFLICT (waitlist_id) DO NOTHING")
+          + " WHERE {guard} ON CONFLICT (waitlist_id)"
+          f" DO UPDATE SET record = slotledger_same_entry({WAITLIST}.record, EXCLUDED.record)")
 _ENTRY_STATUS = (f"UPDATE {WAITLIST} w SET status = r.status, hold_id = coalesce(r.hold_id, w.hold_id),"
                  " offer_expires_at = coalesce(r.offer_expires_at, w.offer_expires_at),"
                  " appointment_id = coalesce(r.appointment_id, w.appointment_id) FROM "

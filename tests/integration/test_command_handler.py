@@ -217,3 +217,35 @@ async def test_a_new_booking_given_an_existing_appointments_id_takes_another(poo
         counted = await conn.fetchval("SELECT count(*) FROM rm_schedule_bookings WHERE org_id = $1", uuid.UUID(org_id))
     assert rows[taken][0] == "First" and rows[second.data["appointment_id"]][0] == "Second"
     assert rows[taken][1] != rows[second.data["appointment_id"]][1] and counted == 2
+
+
+@pytest.mark.parametrize("kind", ["hold", "wl"])
+async def test_a_new_hold_or_waitlist_entry_given_a_taken_id_takes_another(pool, store, monkeypatch, kind):
+    """The same for holds and waitlist entries (51 random bits too): the later one gets an id of its own, and the
+    earlier one's row stays as it was."""
+    import domain.holds
+
+    handler = CommandHandler(pool, store)
+    org_id = await clinic(handler, max_slots=1)
+    for hhmm, phone in (("09:30", "+61"), ("17:30", "+62")):  # DAY full: waitlist entries wait
+        await handler.create_appointment(org_id, create_body(at(hhmm), phone), Meta())
+
+    async def new(name: str) -> str:
+        if kind == "hold":  # on a day of its own
+            body = create_body(at("17:30", DAY + dt.timedelta(days=len(name))), "+63", name=name)
+            return (await handler.place_hold(org_id, body, 5, Meta())).data["hold_id"]
+        body = {"appointment_type": "General Checkup", "date": DAY, "patient_name": name,
+                "parent_phone": f"+6{len(name)}"}
+        return (await handler.join_waitlist(org_id, body, Meta())).data["waitlist_id"]
+
+    taken = await new("First")
+    drawn, fresh = [taken], domain.holds.short_id
+    monkeypatch.setattr(domain.holds, "short_id", lambda prefix: drawn.pop() if drawn and prefix == kind
+                        else fresh(prefix))
+    second = await new("Second one")
+    assert not drawn and second != taken
+    table, key = ("rm_holds", "hold_id") if kind == "hold" else ("rm_waitlist", "waitlist_id")
+    async with pool.acquire() as conn:
+        names = dict(await conn.fetch(f"SELECT {key}, record->>'patient_name' FROM {table} WHERE org_id = $1",
+                                      uuid.UUID(org_id)))
+    assert names == {taken: "First", second: "Second one"}
