@@ -30,6 +30,7 @@ from services.booking_batch import BookingBatcher
 from services.command_results import pending
 from services.holding import Holding
 from services.outcome import Meta, Outcome, written
+from services.routing import Router
 from services.store.eventstore import EventStore
 from services.unit_of_work import Change, Conflict, UnitOfWork, Work
 
@@ -50,6 +51,7 @@ class CommandHandler(Holding):
         self.clock = clock
         self.uow = UnitOfWork(pool, store, retries, cache_size)
         self.batcher = BookingBatcher(self.uow, lambda: self.clock(), new_appointment_id)
+        self.router: Router | None = None  # with several workers: creates go to the worker owning their date
 
     async def catalog(self, org_id: str, conn: asyncpg.Connection | None = None) -> cat.Catalog:
         """The org's current configuration."""
@@ -100,8 +102,10 @@ class CommandHandler(Holding):
             return await self.uow.retrying(attempt)
 
     # -- appointments --------------------------------------------------------------------------------
-    async def create_appointment(self, org_id: str, request: dict[str, Any], meta: Meta) -> Outcome:
-        """POST /v1/appointments after the body's shape is valid (DESIGN §3, rules 2–10)."""
+    async def create_appointment(self, org_id: str, request: dict[str, Any], meta: Meta,
+                                 handed_over: bool = False) -> Outcome:
+        """POST /v1/appointments after the body's shape is valid (DESIGN §3, rules 2–10). `handed_over`: another
+        worker sent it here, to the owner of its date (services/routing.py)."""
         ref = request.get("external_reference_id")
 
         async def attempt() -> Outcome:
@@ -114,7 +118,9 @@ class CommandHandler(Holding):
                 except DomainError:
                     placement = None  # refusals of rules 3–7 are given from a verified configuration
                 if placement is not None:
-                    outcome = await self.batcher.submit(org_id, cached[1], cached[0], placement, request, meta)
+                    outcome = None if handed_over else await self._to_owner(org_id, placement, request, meta)
+                    if outcome is None:
+                        outcome = await self.batcher.submit(org_id, cached[1], cached[0], placement, request, meta)
                     if outcome is not None:
                         return outcome
             async with self.pool.acquire() as conn:
@@ -133,6 +139,16 @@ class CommandHandler(Holding):
                     return await self._book(conn, org_id, catalog, row["config_version"], placement, request, meta)
 
         return await self.uow.retrying(attempt)
+
+    async def _to_owner(self, org_id: str, placement: wd.Placement, request: dict[str, Any],
+                        meta: Meta) -> Outcome | None:
+        """The answer of the worker that owns the create's date, when that is another worker and it can be
+        reached (services/routing.py). Kafka commands are routed by their partitions already."""
+        router = self.router
+        if router is None or meta.command_id is not None:
+            return None
+        owner = router.owner(org_id, placement.local_date)
+        return None if owner == router.worker else await router.create(owner, org_id, request, meta)
 
     async def _book(self, conn: asyncpg.Connection, org_id: str, catalog: cat.Catalog, version: int,
                     placement: wd.Placement, request: dict[str, Any], meta: Meta) -> Outcome:

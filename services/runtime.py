@@ -20,6 +20,7 @@ from services.gateway import protocol
 from services.gateway.app import build_app
 from services.projector import ProjectorRunner, rebuild_after_migrations
 from services.relay import Relay
+from services.routing import Desk, Router
 from services.settings import Settings
 from services.sweeper import HoldSweeper
 from services.dispatcher import Dispatcher
@@ -83,6 +84,7 @@ class Runtime:
     webhooks: Subscriptions | None = None
     dispatcher: Dispatcher | None = None
     http_url: str | None = None
+    desk: Desk | None = None  # with several workers: where the others hand over creates for dates owned here
     _runner: web.AppRunner | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _on_stop: list = field(default_factory=list)
@@ -132,6 +134,11 @@ class Runtime:
             # while one waits on PostgreSQL or the broker, another decides.
             self.ingestors = [Ingestor(s, self.pool, self.handler, lane) for lane in range(s.ingest_consumers)]
             await asyncio.gather(*(ingestor.start() for ingestor in self.ingestors))
+        if "gateway" in self.components and s.workers > 1:
+            # Listening before the gateway is: a create handed here finds the owner as soon as it could be sent.
+            self.handler.router = Router(s.http_port, s.worker, s.workers)
+            self.desk = Desk(self.handler, s.http_port, s.worker)
+            await self.desk.start()
         if "gateway" in self.components:
             self._runner = protocol.runner(build_app(self), s.head_timeout_seconds, s.max_connections)
             await self._runner.setup()
@@ -199,6 +206,9 @@ class Runtime:
         await cancel_all(self._tasks)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.desk is not None:  # after the gateway: its creates in hand may be waiting on another worker's desk
+            await self.desk.stop()
+            await self.handler.router.close()
         if self.kafka_admin is not None:
             await self.kafka_admin.close()
         if self.handler is not None:  # nothing decides any more: what the caches learnt is kept for the next start

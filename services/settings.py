@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     http_port: int = 8080
     http_reuse_port: bool = False  # SO_REUSEPORT: set by `serve --workers N`, whose workers share the port
     worker: int = 0  # which of `serve --workers N` this process is (0 runs the once-per-deployment loops)
+    workers: int = 1  # N: creates are decided by the worker owning their date (services/routing.py)
     state_dir: Path = Path(".slotledger")  # local stack data and its endpoints file
     log_level: str = "info"
     pool_min_size: int = 2

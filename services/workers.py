@@ -26,7 +26,8 @@ def components_of(worker: int, components: tuple[str, ...]) -> tuple[str, ...]:
 def run(workers: int, components: tuple[str, ...], port: int) -> int:
     """Start the workers on `port`, wait until one exits or a signal asks them all to stop; the exit code is
     the first failing worker's, else 0."""
-    env = {**os.environ, "SLOTLEDGER_HTTP_PORT": str(port), "SLOTLEDGER_HTTP_REUSE_PORT": "1"}
+    env = {**os.environ, "SLOTLEDGER_HTTP_PORT": str(port), "SLOTLEDGER_HTTP_REUSE_PORT": "1",
+           "SLOTLEDGER_WORKERS": str(workers)}
     children = []
     for worker in range(workers):
         mine = components_of(worker, components)

@@ -1,5 +1,5 @@
 """`slotledger serve --workers 2`: two processes behind one port and in one consumer group. Connections reach
-both, every write one acknowledged the other reads at once, Kafka commands are answered once each, capacity
+both, a create is decided by the worker owning its date, every write one acknowledged the other reads at once, Kafka commands are answered once each, capacity
 holds across them, SIGTERM stops both cleanly, and a worker killed takes its sibling down (one failure for a
 supervisor, never a half-running service)."""
 from __future__ import annotations
@@ -71,6 +71,21 @@ async def _all_workers(url: str, want: int, deadline: float = 60) -> dict[int, i
     return seen
 
 
+async def _handed_over(url: str) -> dict[str, float]:
+    """slotledger_creates_handed_over_total by outcome, the highest any worker reports (fresh connections reach
+    both)."""
+    seen: dict[str, float] = {}
+    for _ in range(20):
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            async with session.get(url + "/metrics") as resp:
+                text = await resp.text()
+        for line in text.splitlines():
+            if line.startswith("slotledger_creates_handed_over_total{"):
+                outcome = line.split('outcome="')[1].split('"')[0]
+                seen[outcome] = max(seen.get(outcome, 0.0), float(line.rsplit(" ", 1)[1]))
+    return seen
+
+
 async def test_two_workers_share_the_port_the_group_and_every_write(runtime, http, pg_url, schema, kafka_bootstrap,
                                                                      topic_prefix, tmp_path):
     setup = await setup_clinic(await new_org(runtime, http), max_slots=CAPACITY)
@@ -98,6 +113,10 @@ async def test_two_workers_share_the_port_the_group_and_every_write(runtime, htt
         assert len(created) == CAPACITY, [s for s, _ in answers]  # one window-day, both workers: capacity holds
         assert all(s == 409 for s, _ in answers if s != 201)  # SLOT_FULL
         assert all(reads == [200] * 4 for reads in created)  # read-your-writes on whichever worker answers
+        # One date, one owner: the creates the other worker received were handed to it (services/routing.py).
+        handed_over = await _handed_over(url)
+        assert handed_over.get("answered", 0) + handed_over.get("refused", 0) > 0, handed_over
+        assert not handed_over.get("lost") and not handed_over.get("decided_here"), handed_over
 
         commands = [command(setup.org_id, "create_appointment", create_body(local_at(setup, 5, "10:00"), f"+1888{n:06d}"))
                     for n in range(60)]
