@@ -2,9 +2,10 @@
 
 Each worker is its own `slotledger serve` process. All of them serve HTTP on the same port (SO_REUSEPORT: the
 kernel spreads connections over them) and join the ingestor's consumer group (Kafka spreads the partitions);
-the loops that must run once per deployment (projectors, relay, sweeper, webhooks) run in worker 0 only. Each
-worker decides against PostgreSQL with optimistic concurrency and validates its caches against the log, so
-what one worker acknowledged every other one reads (DESIGN §2). The parent only starts, watches and stops
+the loops that must run once per deployment (projectors, relay, sweeper, webhooks) run in worker 0 only. A
+create is decided by the worker owning its date (services/routing.py); every worker decides against PostgreSQL
+with optimistic concurrency and validates its caches against the log, so what one worker acknowledged every
+other one reads (DESIGN §2). The parent only starts, watches and stops
 them: a worker that dies takes the others down with it, so a supervisor sees one failure and restarts all.
 """
 from __future__ import annotations
