@@ -59,8 +59,9 @@ def draw(report: dict, stem: Path) -> list[Path]:
         fig, axis = plt.subplots(figsize=(8, 4))
         for k in ingests:
             series = k.get("results_per_second") or []
+            each = f" × {k['consumers_per_worker']} consumers" if k.get("consumers_per_worker") else ""
             axis.plot([t for t, _ in series], [n for _, n in series], marker=".",
-                      label=f"{k.get('workers', 1)} worker(s): {k['commands_per_s']:,.0f} cmd/s")
+                      label=f"{k.get('workers', 1)} worker(s){each}: {k['commands_per_s']:,.0f} cmd/s")
         axis.axhline(10_000, color="red", linewidth=0.8, label="target")
         axis.set_xlabel("seconds since the first result")
         axis.set_ylabel("command results per second")

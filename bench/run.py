@@ -76,10 +76,14 @@ def service_env(settings: Settings) -> dict:
     return env
 
 
-def spawn(components: str, settings: Settings, log_path: Path, workers: int = 1) -> subprocess.Popen:
+def spawn(components: str, settings: Settings, log_path: Path, workers: int = 1,
+          consumers: int | None = None) -> subprocess.Popen:
+    env = service_env(settings)
+    if consumers is not None:
+        env["SLOTLEDGER_INGEST_CONSUMERS"] = str(consumers)
     return subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--only", components,
                              "--workers", str(workers)],
-                            env=service_env(settings), stdout=subprocess.DEVNULL, stderr=open(log_path, "ab"),
+                            env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "ab"),
                             cwd=ROOT)
 
 
@@ -335,7 +339,8 @@ def kafka_create(clinic: dict, i: int, phone: str) -> tuple[bytes, dict]:
 
 
 async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Path, profile: Path | None,
-                       pids: tuple[int, int, int], workers: int = 1) -> dict:
+                       pids: tuple[int, int, int], workers: int = 1, consumers: int | None = None,
+                       run: int = 1) -> dict:
     """`commands` creates over many window-days published first, then an ingestor process started on them;
     `pids`: PostgreSQL's, the broker's and the running service's (its relay publishes every event the
     ingestor appends), for the cores each keeps busy meanwhile."""
@@ -348,7 +353,7 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
         sends = []
         ours = set()  # this run's command ids: the results topic also holds an earlier run's results
         for i in range(commands):
-            key, body = kafka_create(clinic, i, f"+3{workers}{i:08d}")  # each run its own patients
+            key, body = kafka_create(clinic, i, f"+39{run:02d}{i:07d}")  # each run its own patients
             ours.add(body["command_id"])
             sends.append(await producer.send(topic, json.dumps(body).encode(), key=key))
         await asyncio.gather(*sends)
@@ -360,7 +365,7 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
                                 group_id=f"bench-{uuid.uuid4()}", auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
-    ingestor = spawn("ingestor", settings, logs, workers)
+    ingestor = spawn("ingestor", settings, logs, workers, consumers)
     spy = profile_start(ingestor.pid, 900, profile) if profile is not None and workers == 1 else None
     postgres, kafka, service = pids
 
@@ -420,10 +425,16 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
            "commands_per_s_from_process_start": round(len(stamps) / wall, 1), "cores_busy": cores,
            "cpu_us_per_command": steady.get("cpu_us_per_command", {}),
            "autovacuum_runs": maintenance, "settle_seconds": settled,
-           "workers": workers}
+           "workers": workers, "consumers_per_worker": consumers}
     if profile is not None and profile.exists():
         out["profile"] = {**profile_top(profile), "raw": str(profile)}
     return out
+
+
+def kafka_layout(run: dict) -> str:
+    """A kafka-ingest run's layout as --kafka-layouts spells it: `2`, or `4x2` when it set the consumers."""
+    consumers = run.get("consumers_per_worker")
+    return f"{run.get('workers', 1)}x{consumers}" if consumers else str(run.get("workers", 1))
 
 
 async def settle_database(settings: Settings) -> float:
@@ -612,7 +623,8 @@ def table(report: dict) -> str:
         row("  succeeded per burst (exactly 200 each)", ", ".join(map(str, h["succeeded"])))
     runs = report.get("kafka_ingest", [])
     for k in runs:
-        row(f"kafka-ingest {k['commands']:,} commands, {k.get('workers', 1)} worker(s) (cmd/s)",
+        each = f" × {k['consumers_per_worker']} consumers" if k.get("consumers_per_worker") else ""
+        row(f"kafka-ingest {k['commands']:,} commands, {k.get('workers', 1)} worker(s){each} (cmd/s)",
             f"{k['commands_per_s']:,.0f}", ratio(k["commands_per_s"], c.get("16")),
             "≥ 10,000/s, ratio ≥ 0.5 (vs 16 clients)")
         row("  from ingestor process start (cmd/s)", f"{k['commands_per_s_from_process_start']:,.0f}")
@@ -621,6 +633,7 @@ def table(report: dict) -> str:
         maintenance(k)
         row("  commands answered / answered again (counted once)",
             f"{k['results']:,} / {k.get('repeated_results', 0):,}")
+        row("  answered booked (each command a new booking)", f"{k['ok']:,}")
         if "cores_busy" in k:
             row("  cores busy: " + ", ".join(f"{n} {v}" for n, v in k["cores_busy"].items()), "")
         if k.get("cpu_us_per_command"):
@@ -649,7 +662,8 @@ CEILING_TABLE = "CREATE TABLE bench_ceiling (id bigint GENERATED ALWAYS AS IDENT
 CEILING_INSERT = "INSERT INTO bench_ceiling (v) VALUES (1)"
 
 
-async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka_commands: int | None = None) -> dict:
+async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka_commands: int | None = None,
+              kafka_layouts: tuple[tuple[int, int | None], ...] = ((1, None), (2, None))) -> dict:
     seconds = 30 if full else 8
     pg_seconds = 15 if full else 5
     kafka_commands = kafka_commands or (50_000 if full else 10_000)
@@ -721,10 +735,10 @@ async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka
             report["hot_window"] = hot_window(clinic, url)
             log(f"hot-window: {report['hot_window']}")
         report["kafka_ingest"] = []
-        for workers in ((1, 2) if "kafka" in phases else ()):
+        for run_number, (workers, consumers) in enumerate(kafka_layouts if "kafka" in phases else (), start=1):
             report["kafka_ingest"].append(await kafka_ingest(
                 settings, clinic, kafka_commands, logs, OUT / f"profile-ingestor-{stamp}.txt" if profile else None,
-                (pg.process.pid, kafka.process.pid, service.pid), workers))
+                (pg.process.pid, kafka.process.pid, service.pid), workers, consumers, run_number))
             log(f"kafka-ingest, {workers} worker(s): {report['kafka_ingest'][-1]}")
         stop(service)
         service = None
@@ -744,7 +758,7 @@ async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka
     report["ratios"] = {
         **{f"http_spread_{s['clients']}_workers_{s['workers']}": ratio(s["creates_per_s"], c.get(str(s["clients"])))
            for s in report["http_spread"]},
-        **{f"kafka_ingest_workers_{k['workers']}_vs_16": ratio(k["commands_per_s"], c.get("16"))
+        **{f"kafka_ingest_workers_{kafka_layout(k)}_vs_16": ratio(k["commands_per_s"], c.get("16"))
            for k in report["kafka_ingest"]},
     }
     text = table(report)
@@ -765,12 +779,19 @@ def main() -> None:
                         "ingestor during kafka-ingest")
     parser.add_argument("--phases", default=",".join(PHASES), help="a comma-separated subset of " + ",".join(PHASES))
     parser.add_argument("--kafka-commands", type=int, help="how many commands kafka-ingest publishes")
+    parser.add_argument("--kafka-layouts", nargs="+", default=["1", "2"], metavar="N[xC]",
+                        help="ingestor layouts kafka-ingest runs, in turn: N workers (`serve --workers N`), each "
+                        "with C consumers (SLOTLEDGER_INGEST_CONSUMERS; unset: its default)")
     args = parser.parse_args()
     phases = tuple(p for p in args.phases.split(",") if p)
     unknown = set(phases) - set(PHASES)
     if unknown:
         parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
-    asyncio.run(run(args.full, args.profile, phases, args.kafka_commands))
+    try:
+        layouts = tuple((int(w), int(c[0]) if c else None) for w, *c in (layout.split("x") for layout in args.kafka_layouts))
+    except ValueError:
+        parser.error("--kafka-layouts: each is N or NxC, e.g. 2 or 4x2")
+    asyncio.run(run(args.full, args.profile, phases, args.kafka_commands, layouts))
 
 
 if __name__ == "__main__":
