@@ -45,6 +45,14 @@ class DomainError(Exception):
     def status(self) -> int:
         return STATUS_BY_CODE[self.code]
 
+    def kept(self) -> DomainError:
+        """This refusal as an answer kept beside others (a batch's): without its traceback, which holds the
+        frame that caught it, whose locals hold the batch that holds the refusal. That cycle is freed only by
+        the cycle collector, late and in long pauses (30,000 refused Kafka commands: 0.7-0.8 s in one
+        collection; 47 ms at most once refusals were kept without it)."""
+        self.__traceback__ = None
+        return self
+
 
 def validation(field: str, problem: str) -> DomainError:
     return DomainError("VALIDATION_ERROR", f"{field}: {problem}", {field: problem})

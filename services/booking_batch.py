@@ -189,7 +189,7 @@ class BookingBatcher:
                     events = decisions.decide_create(catalog, day, create.placement, create.request, appointment_id,
                                                      now, taken.get(key) if key else None)
                 except DomainError as exc:
-                    answers[i] = exc
+                    answers[i] = exc.kept()
                     refused.append(i)
                     continue
                 for event in events:  # folded at once: the next create is decided against it
@@ -267,4 +267,4 @@ async def _confirm_refusals(conn: asyncpg.Connection, org_id: str, catalog: cat.
                 decisions.decide_create(catalog, day, create.placement, create.request, "appt_unused0", now,
                                         taken[key])
             except DomainError as decided:
-                answers[i] = decided
+                answers[i] = decided.kept()

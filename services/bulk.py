@@ -156,7 +156,7 @@ class _Run:
                 return self._create(command, org, meta)
             return self._update(command, org, meta)
         except DomainError as exc:
-            return Decided(command, refusal=exc)
+            return Decided(command, refusal=exc.kept())
 
     def _create(self, command: Any, org: str, meta: Meta) -> Decided:
         catalog = self.facts.catalogs[org][1]
