@@ -21,7 +21,7 @@ import socket
 import struct
 import time
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from prometheus_client import Counter
@@ -31,8 +31,14 @@ from services.logs import log
 from services.outcome import Meta, Outcome
 from services.store.pool import DATABASE_UNAVAILABLE
 
-if TYPE_CHECKING:
-    from services.handler import CommandHandler
+
+class Decider(Protocol):
+    """What the desk decides handed-over creates with: the command handler (services/handler.py, which routes
+    through this module, so it is not imported here)."""
+
+    async def create_appointment(self, org_id: str, request: dict[str, Any], meta: Meta,
+                                 handed_over: bool = False) -> Outcome: ...
+
 
 HANDED_OVER = Counter("slotledger_creates_handed_over_total",
                       "Creates for a date another worker owns, by what became of them", ["outcome"])
@@ -186,7 +192,7 @@ class Router:
 class Desk:
     """The owner's side: creates other workers hand over, decided here as if they had arrived here."""
 
-    def __init__(self, handler: CommandHandler, port: int, worker: int):
+    def __init__(self, handler: Decider, port: int, worker: int):
         self.handler, self.port, self.worker = handler, port, worker
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
