@@ -64,29 +64,31 @@ def decode(value: bytes | None) -> Any | DeadLetter:
     """The message's command, or why it is a dead letter."""
     if value is None:
         return DeadLetter("schema_invalid", "the message has no value (a tombstone)")
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return DeadLetter("undecodable", f"the value is not UTF-8: {exc}")
-    try:
-        raw = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        return DeadLetter("invalid_json", f"the value is not JSON: {exc!r}"[:500])
-    command_id = _command_id(raw)
+    try:  # the usual message, at a quarter of json's cost; what orjson refuses is told apart below
+        raw, text = orjson.loads(value), value
+    except orjson.JSONDecodeError:
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return DeadLetter("undecodable", f"the value is not UTF-8: {exc}")
+        try:
+            raw = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            return DeadLetter("invalid_json", f"the value is not JSON: {exc!r}"[:500])
     if not isinstance(raw, dict):
-        return DeadLetter("schema_invalid", "the value must be a JSON object", command_id)
+        return DeadLetter("schema_invalid", "the value must be a JSON object", _command_id(raw))
     try:  # the same rules as HTTP bodies: no NUL, no lone surrogate, no deep nesting
         check_decoded(text, raw, "value")
     except BadInput as exc:
-        return DeadLetter("schema_invalid", str(exc), command_id)
+        return DeadLetter("schema_invalid", str(exc), _command_id(raw))
     if "type" in raw and raw["type"] not in COMMAND_TYPES:
         return DeadLetter("unknown_command_type", f"unknown command type {raw['type']!r}; known: "
-                          + ", ".join(COMMAND_TYPES), command_id)
+                          + ", ".join(COMMAND_TYPES), _command_id(raw))
     try:
         return COMMAND.validate_python(raw)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors())
-        return DeadLetter("schema_invalid", problems, command_id)
+        return DeadLetter("schema_invalid", problems, _command_id(raw))
 
 
 def _command_id(raw: Any) -> str | None:

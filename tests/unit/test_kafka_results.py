@@ -12,6 +12,7 @@ from domain.events import AppointmentBooked, AppointmentStatusChanged
 from schemas.kafka import CommandResult
 from schemas.text import BadInput, check_decoded, check_json
 from services.command_results import pending
+from services.ingestor import DeadLetter, decode
 from services.outcome import Meta, written
 from services.produce import murmur2, partition_of
 
@@ -99,3 +100,18 @@ def test_messages_land_on_the_partition_kafkas_default_partitioner_picks():
         partitions = list(range(count))
         assert [partition_of(k, partitions) for k in keys] == [DefaultPartitioner()(k, partitions, partitions)
                                                                 for k in keys]
+
+
+@pytest.mark.parametrize("raw", BAD)
+def test_a_message_the_screen_refuses_is_a_dead_letter_whichever_parser_reads_it(raw):
+    # orjson reads most messages and refuses a lone surrogate itself; json reads what orjson refuses
+    dead = decode(raw)
+    # a surrogate's UTF-8 bytes are not UTF-8 to the strict decoder; the others are read and then screened
+    expected = "undecodable" if b"\xed\xa0" in raw else "schema_invalid"
+    assert isinstance(dead, DeadLetter) and dead.reason == expected, dead
+
+
+@pytest.mark.parametrize("raw, reason", [(b"\xff{}", "undecodable"), (b'{"a": NaN', "invalid_json"),
+                                         (b'\xef\xbb\xbf{"a": 1}', "invalid_json")])
+def test_what_neither_parser_reads_is_told_apart(raw, reason):
+    assert decode(raw).reason == reason
