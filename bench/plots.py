@@ -8,6 +8,13 @@ import sys
 from pathlib import Path
 
 
+def ingest_layout(run: dict) -> str:
+    """A kafka-ingest run's processes in words, for the table and the plot: `2 worker(s)`, and `× C consumers`
+    when the run set them."""
+    consumers = run.get("consumers_per_worker")
+    return f"{run.get('workers', 1)} worker(s)" + (f" × {consumers} consumers" if consumers else "")
+
+
 def draw(report: dict, stem: Path) -> list[Path]:
     """PNG files `<stem>-<figure>.png` for what the report holds; none when matplotlib is missing."""
     try:
@@ -59,9 +66,8 @@ def draw(report: dict, stem: Path) -> list[Path]:
         fig, axis = plt.subplots(figsize=(8, 4))
         for k in ingests:
             series = k.get("results_per_second") or []
-            each = f" × {k['consumers_per_worker']} consumers" if k.get("consumers_per_worker") else ""
             axis.plot([t for t, _ in series], [n for _, n in series], marker=".",
-                      label=f"{k.get('workers', 1)} worker(s){each}: {k['commands_per_s']:,.0f} cmd/s")
+                      label=f"{ingest_layout(k)}: {k['commands_per_s']:,.0f} cmd/s")
         axis.axhline(10_000, color="red", linewidth=0.8, label="target")
         axis.set_xlabel("seconds since the first result")
         axis.set_ylabel("command results per second")

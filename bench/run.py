@@ -623,8 +623,7 @@ def table(report: dict) -> str:
         row("  succeeded per burst (exactly 200 each)", ", ".join(map(str, h["succeeded"])))
     runs = report.get("kafka_ingest", [])
     for k in runs:
-        each = f" × {k['consumers_per_worker']} consumers" if k.get("consumers_per_worker") else ""
-        row(f"kafka-ingest {k['commands']:,} commands, {k.get('workers', 1)} worker(s){each} (cmd/s)",
+        row(f"kafka-ingest {k['commands']:,} commands, {plots.ingest_layout(k)} (cmd/s)",
             f"{k['commands_per_s']:,.0f}", ratio(k["commands_per_s"], c.get("16")),
             "≥ 10,000/s, ratio ≥ 0.5 (vs 16 clients)")
         row("  from ingestor process start (cmd/s)", f"{k['commands_per_s_from_process_start']:,.0f}")
@@ -771,6 +770,12 @@ async def run(full: bool, profile: bool, phases: tuple[str, ...] = PHASES, kafka
     return report
 
 
+def parse_layout(text: str) -> tuple[int, int | None]:
+    """`2` → (2, None), `4x2` → (4, 2); anything else is a ValueError."""
+    workers, _, consumers = text.partition("x")
+    return int(workers), int(consumers) if consumers else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="the full run: longer phases, 50,000 Kafka commands, "
@@ -788,7 +793,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
     try:
-        layouts = tuple((int(w), int(c[0]) if c else None) for w, *c in (layout.split("x") for layout in args.kafka_layouts))
+        layouts = tuple(map(parse_layout, args.kafka_layouts))
     except ValueError:
         parser.error("--kafka-layouts: each is N or NxC, e.g. 2 or 4x2")
     asyncio.run(run(args.full, args.profile, phases, args.kafka_commands, layouts))
