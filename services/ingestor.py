@@ -130,8 +130,13 @@ class Ingestor:
             bootstrap_servers=s.kafka_bootstrap, group_id=s.topic("ingestor"), enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=s.ingest_max_batch, isolation_level="read_committed",
             heartbeat_interval_ms=500)
-        self._consumer.subscribe([self.topic], listener=_FinishBatchFirst(self))
+        # Subscribed once started, so that joining the group happens in the background: aiokafka's start() on a
+        # subscribed consumer waits for its first assignment, and a group forming from scratch waits out the
+        # broker's initial rebalance delay (3 s by default, 6 s when the consumers join together), which kept
+        # the whole service, its HTTP gateway included, from starting that long. Until its partitions come,
+        # the loop's fetches return nothing.
         await self._consumer.start()
+        self._consumer.subscribe([self.topic], listener=_FinishBatchFirst(self))
         self._task = asyncio.create_task(self._run(), name=self.name)
 
     @property
