@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
 
 import asyncpg
 from aiohttp import web
@@ -15,7 +16,7 @@ from services.ingestor import Ingestor
 from services.gateway.guard import FailedAuthLimiter
 from services.keys import KeyRing
 from services.logs import log
-from services.loops import LOOPS
+from services.loops import LOOPS, health
 from services.gateway import protocol
 from services.gateway.app import build_app
 from services.projector import ProjectorRunner, rebuild_after_migrations
@@ -54,6 +55,26 @@ async def ensure_topics(admin: AIOKafkaAdminClient, settings: Settings) -> None:
 
 
 READINESS_SECONDS = 4.5  # /readyz answers within this, whatever is stalled
+KAFKA_FIRST_TRY_SECONDS = 15.0  # the broker's parts at start, before the service goes on without them
+
+
+async def _started(starting: Awaitable[Any], undo: Callable[[], Awaitable[Any]]) -> None:
+    """Await a part's start; if it fails or is cancelled, close what it opened before passing the error on."""
+    try:
+        await starting
+    except BaseException:
+        try:
+            await undo()
+        except Exception as exc:
+            log.warning("closing a part whose start failed failed too", error=repr(exc)[:300])
+        raise
+
+
+async def _start_all(ingestors: list[Ingestor]) -> None:
+    """Every one started, or none left starting: one failing cancels the others' starts (gather would not)."""
+    async with asyncio.TaskGroup() as group:
+        for ingestor in ingestors:
+            group.create_task(ingestor.start())
 
 
 async def _measure_lag(checks: dict, loop: str, key: str, gauge: Gauge, measure) -> None:
@@ -87,6 +108,8 @@ class Runtime:
     desk: Desk | None = None  # with several workers: where the others hand over creates for dates owned here
     _runner: web.AppRunner | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
+    _kafka_connecting: asyncio.Task | None = None  # started without the broker: its parts, tried again and again
+    _topics_ensured: bool = False
     _on_stop: list = field(default_factory=list)
 
     async def start(self) -> None:
@@ -122,18 +145,10 @@ class Runtime:
         if kafka_parts and not s.kafka_bootstrap:
             raise RuntimeError(f"{', '.join(sorted(kafka_parts))} need SLOTLEDGER_KAFKA_BOOTSTRAP")
         if s.kafka_bootstrap and ("gateway" in self.components or kafka_parts):
-            self.kafka_admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=5000)
-            await self.kafka_admin.start()
-            if kafka_parts:
-                await ensure_topics(self.kafka_admin, s)
-        if "relay" in self.components:
-            self.relay = Relay(s, self.pool, self.store, self.waker)
-            await self.relay.start()
-        if "ingestor" in self.components:
-            # Several consumers in the group, each with its own partitions (so each routing key's order holds):
-            # while one waits on PostgreSQL or the broker, another decides.
-            self.ingestors = [Ingestor(s, self.pool, self.handler, lane) for lane in range(s.ingest_consumers)]
-            await asyncio.gather(*(ingestor.start() for ingestor in self.ingestors))
+            try:
+                await asyncio.wait_for(self._start_kafka_parts(), KAFKA_FIRST_TRY_SECONDS)
+            except Exception as exc:  # the broker is down or unreachable: everything else starts without it
+                self._kafka_connecting = asyncio.create_task(self._keep_connecting(exc), name="kafka-connect")
         if "gateway" in self.components and s.workers > 1:
             # Listening before the gateway is: a create handed here finds the owner as soon as it could be sent.
             self.handler.router = Router(s.http_port, s.worker, s.workers)
@@ -165,7 +180,9 @@ class Runtime:
         async def kafka() -> None:
             if self.kafka_admin is None:
                 # required only by the parts that use it: a gateway alone is ready without a broker
-                checks["kafka"] = {"ok": False, "error": "no Kafka bootstrap configured",
+                error = "not connected to the broker yet" if self.settings.kafka_bootstrap else \
+                    "no Kafka bootstrap configured"
+                checks["kafka"] = {"ok": False, "error": error,
                                    "required": bool({"ingestor", "relay"} & set(self.components))}
                 return
             try:
@@ -191,12 +208,52 @@ class Runtime:
                                lambda: asyncio.wait_for(self.relay.lag(), left()))
         return checks
 
+    async def _start_kafka_parts(self) -> None:
+        """The broker's parts not started yet: the admin client, the topics, the relay, the ingestor. A part whose
+        start fails (or is cut short) is closed again, so the next try begins it afresh."""
+        s = self.settings
+        if self.kafka_admin is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=5000)
+            await _started(admin.start(), admin.close)
+            self.kafka_admin = admin
+        if {"ingestor", "relay"} & set(self.components) and not self._topics_ensured:
+            await ensure_topics(self.kafka_admin, s)
+            self._topics_ensured = True
+        if "relay" in self.components and self.relay is None:
+            relay = Relay(s, self.pool, self.store, self.waker)
+            await _started(relay.start(), relay.stop)
+            self.relay = relay
+        if "ingestor" in self.components and not self.ingestors:
+            # Several consumers in the group, each with its own partitions (so each routing key's order holds):
+            # while one waits on PostgreSQL or the broker, another decides.
+            ingestors = [Ingestor(s, self.pool, self.handler, lane) for lane in range(s.ingest_consumers)]
+            await _started(_start_all(ingestors), lambda: asyncio.gather(*(i.stop() for i in ingestors)))
+            self.ingestors = ingestors
+
+    async def _keep_connecting(self, failure: Exception) -> None:
+        """Started without the broker: the gateway, the projectors and the rest run as they do when the broker
+        goes down later (HTTP books into PostgreSQL; the relay publishes all of it once it starts). The broker's
+        parts are tried again, with the loops' backoff, until all have started; /readyz shows `loop:kafka-connect`
+        failing meanwhile."""
+        loop = health("kafka-connect")
+        while True:
+            await loop.failed(failure)
+            try:
+                await self._start_kafka_parts()
+            except Exception as exc:
+                failure = exc
+                continue
+            loop.ok()
+            return
+
     def on_stop(self, callback) -> None:
         self._on_stop.append(callback)
 
     async def stop(self) -> None:
         for callback in self._on_stop:
             callback()
+        if self._kafka_connecting is not None:  # first: a part it is starting is closed by it, not left running
+            await cancel_all([self._kafka_connecting])
         # first: each finishes and commits the batch in hand
         await asyncio.gather(*(ingestor.stop() for ingestor in self.ingestors))
         if self.relay is not None:

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.aio import stop_consumer
 from services.local.kafka import LocalKafka
+from services.local.ports import free_port
 from services.runtime import Runtime
 from services.settings import Settings
 from tests.builders import create_body
@@ -119,3 +120,44 @@ async def test_a_consumer_stopped_while_its_broker_is_down_stops_cleanly(own_bro
         started = time.monotonic()
         await stop_consumer(consumer)
     assert time.monotonic() - started < 10
+
+
+async def test_the_service_starts_while_its_broker_is_down_and_takes_it_up_when_it_comes(pg_url, schema, work_dir,
+                                                                                        topic_prefix):
+    """A service started while its broker is down serves HTTP at once (bookings go to PostgreSQL), says in /readyz
+    that Kafka is missing, and once the broker comes up starts its relay and ingestor: what was booked meanwhile
+    reaches the events topic, and Kafka commands are answered."""
+    broker = LocalKafka(work_dir / f"kafka-late-{os.getpid()}", port=free_port())  # not started yet
+    settings = Settings(database_url=pg_url, database_schema=schema, http_port=0, kafka_bootstrap=broker.bootstrap,
+                        topic_prefix=topic_prefix, poll_interval_seconds=0.2, auth_failures_per_minute=10**6)
+    rt = Runtime(settings, components=("gateway", "projectors", "ingestor", "relay"))
+    await asyncio.wait_for(rt.start(), 30)
+    try:
+        assert rt.relay is None and not rt.ingestors
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+            api = await setup_clinic(await new_org(rt, session))
+            status, booked = await api.post("/v1/appointments", create_body(local_at(api, 2, "09:30"), "+19995551001"))
+            assert status == 201, booked
+            status, ready = await api.get("/readyz")
+            assert status == 503 and not ready["checks"]["kafka"]["ok"], ready
+            assert not ready["checks"]["loop:kafka-connect"]["ok"], ready
+
+            await asyncio.to_thread(broker.start)
+            create = command(api.org_id, "create_appointment", create_body(local_at(api, 3, "09:30"), "+19995551002"))
+            await publish(broker.bootstrap, settings.topic("commands"), [encoded(create, "day-3")])
+            records = await read_topic(broker.bootstrap, settings.topic("command-results"),
+                                       lambda recs: create["command_id"] in results_by_command(recs), 90)
+            results = results_by_command(records).get(create["command_id"])
+            assert results and results[0]["status"] == 201, results
+            booked_id = booked["data"]["appointment_id"]
+            events = await read_topic(broker.bootstrap, settings.topic("events"), lambda recs: any(
+                json.loads(r.value)["subject"] == booked_id for r in recs), 90)
+            assert any(json.loads(r.value)["type"].startswith("slotledger.appointment.booked") for r in events
+                       if json.loads(r.value)["subject"] == booked_id)
+            deadline = asyncio.get_running_loop().time() + 60
+            while (status := (await api.get("/readyz"))[0]) != 200 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.5)
+            assert status == 200
+    finally:
+        await rt.stop()
+        await asyncio.to_thread(broker.remove)
