@@ -109,7 +109,6 @@ class Runtime:
     _runner: web.AppRunner | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _kafka_connecting: asyncio.Task | None = None  # started without the broker: its parts, tried again and again
-    _topics_ensured: bool = False
     _on_stop: list = field(default_factory=list)
 
     async def start(self) -> None:
@@ -180,8 +179,8 @@ class Runtime:
         async def kafka() -> None:
             if self.kafka_admin is None:
                 # required only by the parts that use it: a gateway alone is ready without a broker
-                error = "not connected to the broker yet" if self.settings.kafka_bootstrap else \
-                    "no Kafka bootstrap configured"
+                error = ("not connected to the broker yet" if self.settings.kafka_bootstrap
+                         else "no Kafka bootstrap configured")
                 checks["kafka"] = {"ok": False, "error": error,
                                    "required": bool({"ingestor", "relay"} & set(self.components))}
                 return
@@ -216,9 +215,8 @@ class Runtime:
             admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=5000)
             await _started(admin.start(), admin.close)
             self.kafka_admin = admin
-        if {"ingestor", "relay"} & set(self.components) and not self._topics_ensured:
-            await ensure_topics(self.kafka_admin, s)
-            self._topics_ensured = True
+        if {"ingestor", "relay"} & set(self.components):
+            await ensure_topics(self.kafka_admin, s)  # creates only what is missing: a retry may run it again
         if "relay" in self.components and self.relay is None:
             relay = Relay(s, self.pool, self.store, self.waker)
             await _started(relay.start(), relay.stop)
