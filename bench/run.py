@@ -117,6 +117,10 @@ def wait_ready(url: str, workers: int = 1, timeout: float = 60) -> None:
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
+# Beside each process's CPU: every core's, the bench's own included. Whether the machine had CPU to spare is
+# read from this over the steady window, not from the processes' share of the whole run, which the ingestor's
+# start and its group's forming (seconds with nothing to do) dilute.
+MACHINE = "machine"
 
 
 def _cpu(pid: int) -> float:
@@ -147,6 +151,12 @@ def cpu_snapshot(service: int, postgres: int, kafka: int) -> dict[str, float]:
 def tree_cpu(pid: int) -> float:
     """CPU seconds so far of a process and its children (the service's workers, PostgreSQL's backends)."""
     return _cpu(pid) + sum(_cpu(p) for p in _children(pid))
+
+
+def machine_cpu() -> float:
+    """CPU seconds every core of the machine has spent busy so far (/proc/stat: all but idle and iowait)."""
+    ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / _TICK
 
 
 def cpu_share(before: dict[str, float], after: dict[str, float], seconds: float, loadgen_cpu: float) -> dict:
@@ -371,7 +381,7 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
 
     def cpu() -> dict[str, float]:
         return {"ingestor": tree_cpu(ingestor.pid), "postgres": tree_cpu(postgres), "kafka": _cpu(kafka),
-                "relay": _cpu(service)}
+                "relay": _cpu(service), MACHINE: machine_cpu()}
 
     maintenance_before = await maintenance_runs(settings)
     cpu_before = cpu()
@@ -424,6 +434,7 @@ async def kafka_ingest(settings: Settings, clinic: dict, commands: int, logs: Pa
            "wall_seconds_from_process_start": round(wall, 1),
            "commands_per_s_from_process_start": round(len(stamps) / wall, 1), "cores_busy": cores,
            "cpu_us_per_command": steady.get("cpu_us_per_command", {}),
+           "cores_busy_steady": steady.get("cores_busy", {}),
            "autovacuum_runs": maintenance, "settle_seconds": settled,
            "workers": workers, "consumers_per_worker": consumers}
     if profile is not None and profile.exists():
@@ -472,10 +483,11 @@ def _steady(samples: list[tuple[float, int, dict]], commands: int) -> dict:
     high = next((s for s in samples if s[1] >= commands * 9 // 10), None)
     if low is None or high is None or high[1] <= low[1] or high[0] <= low[0]:
         return {}
-    answered = high[1] - low[1]
-    return {"commands_per_s": round(answered / (high[0] - low[0]), 1),
+    answered, seconds = high[1] - low[1], high[0] - low[0]
+    return {"commands_per_s": round(answered / seconds, 1),
             "cpu_us_per_command": {name: round(1e6 * (high[2][name] - used) / answered, 1)
-                                   for name, used in low[2].items()}}
+                                   for name, used in low[2].items() if name != MACHINE},
+            "cores_busy": {name: round((high[2][name] - used) / seconds, 2) for name, used in low[2].items()}}
 
 
 async def fill_log(settings: Settings, clinic: dict, target: int) -> int:
@@ -633,8 +645,11 @@ def table(report: dict) -> str:
         row("  commands answered / answered again (counted once)",
             f"{k['results']:,} / {k.get('repeated_results', 0):,}")
         row("  answered booked (each command a new booking)", f"{k['ok']:,}")
+        if k.get("cores_busy_steady"):
+            row("  cores busy, steady: " + ", ".join(f"{n} {v}" for n, v in k["cores_busy_steady"].items()), "")
         if "cores_busy" in k:
-            row("  cores busy: " + ", ".join(f"{n} {v}" for n, v in k["cores_busy"].items()), "")
+            row("  cores busy from process start (its start and the group's forming included): "
+                + ", ".join(f"{n} {v}" for n, v in k["cores_busy"].items()), "")
         if k.get("cpu_us_per_command"):
             row(cpu_line("command, steady", k["cpu_us_per_command"], cores), "")
     r = report.get("rebuild")
