@@ -54,6 +54,28 @@ async def ensure_topics(admin: AIOKafkaAdminClient, settings: Settings) -> None:
         pass
 
 
+async def coordinator_known(admin: AIOKafkaAdminClient, group: str, seconds: float = 10.0) -> None:
+    """Wait, for at most `seconds`, until the broker names `group`'s coordinator and has it loaded. A broker that
+    has just started (as `slotledger up` starts one) creates its offsets topic on the first such question and
+    loads it for a moment; consumers started meanwhile each logged "Group Coordinator Request failed" errors
+    (harmless: they retry), a screenful on every start. Past `seconds` the consumers start anyway and retry."""
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        try:
+            response, = await admin.describe_consumer_groups([group])
+            if all(described[0] == 0 for described in response.groups):  # its error code (14: still loading)
+                return
+        except KafkaConnectionError:
+            raise  # no broker: the part's start fails and is tried again
+        except KafkaError:  # not available yet
+            pass
+        if asyncio.get_running_loop().time() > deadline:
+            return
+        await asyncio.sleep(0.1)
+
+
 READINESS_SECONDS = 4.5  # /readyz answers within this, whatever is stalled
 KAFKA_FIRST_TRY_SECONDS = 15.0  # the broker's parts at start, before the service goes on without them
 
@@ -222,6 +244,7 @@ class Runtime:
             await _started(relay.start(), relay.stop)
             self.relay = relay
         if "ingestor" in self.components and not self.ingestors:
+            await coordinator_known(self.kafka_admin, s.topic("ingestor"))
             # Several consumers in the group, each with its own partitions (so each routing key's order holds):
             # while one waits on PostgreSQL or the broker, another decides.
             ingestors = [Ingestor(s, self.pool, self.handler, lane) for lane in range(s.ingest_consumers)]
