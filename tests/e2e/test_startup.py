@@ -57,7 +57,8 @@ async def test_the_gateway_answers_while_the_ingestors_group_is_still_forming(pg
         assert results and results[0]["status"] == 201, results  # the ingestor took it once the group formed
         assert forming, "the HTTP create was answered only after the group had formed"
         assert any(ingestor._consumer.assignment() for ingestor in rt.ingestors)
-        kafka_errors = [r.getMessage() for r in caplog.records if r.name.startswith("aiokafka") and r.levelno >= logging.ERROR]
+        kafka_errors = [r.getMessage() for r in caplog.records
+                        if r.name.startswith("aiokafka") and r.levelno >= logging.ERROR]
         assert not kafka_errors, kafka_errors  # e.g. "Group Coordinator Request failed", once per consumer
     finally:
         await rt.stop()
