@@ -163,7 +163,7 @@ class Runtime:
         self.sweeper = HoldSweeper(self.pool, self.handler, s.sweep_interval_seconds)
         if "sweeper" in self.components:
             self._tasks.append(asyncio.create_task(self.sweeper.run(), name="sweeper"))
-        kafka_parts = {"ingestor", "relay"} & set(self.components)
+        kafka_parts = self._broker_parts
         if kafka_parts and not s.kafka_bootstrap:
             raise RuntimeError(f"{', '.join(sorted(kafka_parts))} need SLOTLEDGER_KAFKA_BOOTSTRAP")
         if s.kafka_bootstrap and ("gateway" in self.components or kafka_parts):
@@ -205,7 +205,7 @@ class Runtime:
                 error = ("not connected to the broker yet" if self.settings.kafka_bootstrap
                          else "no Kafka bootstrap configured")
                 checks["kafka"] = {"ok": False, "error": error,
-                                   "required": bool({"ingestor", "relay"} & set(self.components))}
+                                   "required": bool(self._broker_parts)}
                 return
             try:
                 cluster = await asyncio.wait_for(self.kafka_admin.describe_cluster(), 3)
@@ -230,6 +230,11 @@ class Runtime:
                                lambda: asyncio.wait_for(self.relay.lag(), left()))
         return checks
 
+    @property
+    def _broker_parts(self) -> set[str]:
+        """This process's components that need the broker to run at all."""
+        return {"ingestor", "relay"} & set(self.components)
+
     async def _start_kafka_parts(self) -> None:
         """The broker's parts not started yet: the admin client, the topics, the relay, the ingestor. A part whose
         start fails (or is cut short) is closed again, so the next try begins it afresh."""
@@ -238,7 +243,7 @@ class Runtime:
             admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=5000)
             await _started(admin.start(), admin.close)
             self.kafka_admin = admin
-        if {"ingestor", "relay"} & set(self.components):
+        if self._broker_parts:
             await ensure_topics(self.kafka_admin, s)  # creates only what is missing: a retry may run it again
         if "relay" in self.components and self.relay is None:
             relay = Relay(s, self.pool, self.store, self.waker)
