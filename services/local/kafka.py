@@ -121,7 +121,10 @@ class LocalKafka:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 90.0, fresh: bool = True) -> "LocalKafka":
-        """`fresh`: format new storage (a new start); else restart on the same ports and data (a crash)."""
+        """`fresh`: new, empty storage (a test's or a bench's own broker). Otherwise the storage in `data_dir` is
+        kept (formatted the first time only): a crashed broker comes back on the same ports, and a new
+        `slotledger up` finds every topic, every message not yet taken and every group's offsets where the last
+        one left them, on new ports (the static quorum names the controller by id, not by address)."""
         lib = ensure_jars()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._stop_leftover()
@@ -156,7 +159,7 @@ class LocalKafka:
         log4j.write_text(_LOG4J2)
         java = ["java", *_JVM_OPTIONS, "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{lib}/*"]
-        if fresh:  # the quorum voters (and so the ports) are in the formatted metadata: format afresh
+        if fresh or not (log_dirs / "meta.properties").exists():
             shutil.rmtree(log_dirs, ignore_errors=True)
             cluster_id = subprocess.run([*java, "kafka.tools.StorageTool", "random-uuid"],
                                         check=True, capture_output=True, text=True).stdout.strip()

@@ -39,7 +39,7 @@ class LocalStack:
                 updates["database_url"] = self.postgres.url
                 self.started.append("postgres")
             if not self.settings.kafka_bootstrap:
-                self.kafka = LocalKafka(state / "kafka").start()
+                self.kafka = LocalKafka(state / "kafka").start(fresh=False)
                 updates["kafka_bootstrap"] = self.kafka.bootstrap
                 self.started.append("kafka")
         except BaseException:
