@@ -13,7 +13,7 @@ _HAS_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 
 
 YEARS = (2000, 2199)  # DESIGN §4: dates outside are refused (and stay far from datetime's own limits)
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+DAY_FORM = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def parse_instant(value: str, field: str = "appointment_date") -> datetime:
@@ -66,7 +66,7 @@ def parse_hhmm(value: str, field: str) -> time:
 def parse_day(value: str, field: str = "date") -> date:
     """YYYY-MM-DD only: Python's own parser also takes 20261202 and 2026-W48-3, which name other strings."""
     try:
-        if not _DAY.match(value):
+        if not DAY_FORM.match(value):
             raise ValueError
         day = date.fromisoformat(value)
     except (TypeError, ValueError):

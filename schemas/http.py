@@ -8,14 +8,17 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
+from domain.timerules import DAY_FORM as _DAY, YEARS
+
 Session = Literal["Morning", "Afternoon", "Evening"]
 DayOfWeek = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 Status = Literal["confirmed", "rescheduled", "in_progress", "completed", "cancelled", "no_show"]
 _HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
 
 
-YEARS = (2000, 2199)  # DESIGN §4: dates and datetimes outside are refused
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# The document's pattern carries the year range as well as the form, so that a client validating against it
+# refuses what the service would (tests/unit/test_contracts.py holds it to YEARS).
+DOCUMENTED_DAY = r"^2[01]\d{2}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"
 POSITION = Field(default=None, ge=0, le=2**63 - 1)
 
 
@@ -32,7 +35,8 @@ def _day(value: Any) -> Any:
 
 
 Day = Annotated[dt.date, BeforeValidator(_day),
-                WithJsonSchema({"type": "string", "format": "date", "pattern": _DAY.pattern})]
+                WithJsonSchema({"type": "string", "format": "date", "pattern": DOCUMENTED_DAY,
+                                "description": f"YYYY-MM-DD, a year from {YEARS[0]} to {YEARS[1]}"})]
 
 
 class Strict(BaseModel):

@@ -2,6 +2,10 @@
 writes matches its published payload schema. No I/O."""
 from __future__ import annotations
 
+import re
+
+import pytest
+from pydantic import TypeAdapter, ValidationError
 
 from domain import catalog as cat
 from domain import events as ev
@@ -9,6 +13,7 @@ from domain import windowday as wd
 from domain.timerules import parse_instant
 from schemas.events import EVENT_PAYLOADS
 from schemas.export import OUT, generate
+from schemas.http import DOCUMENTED_DAY, Day
 from schemas.kafka import COMMAND, COMMAND_TYPES
 from services.commands import BY_TYPE
 from tests.unit.test_domain import NOW, make_catalog, request
@@ -122,3 +127,16 @@ def _hold_and_waitlist_events() -> list[ev.Event]:
     desk.sweep()  # the offer expires (hold.expired, waitlist.offer_expired) and passes to Next
     desk.leave(desk.join("Leaver"))
     return out
+
+
+@pytest.mark.parametrize("text", ["1999-12-31", "2000-01-01", "2026-12-01", "2199-12-31", "2200-01-01", "0001-01-01",
+                                  "9999-12-31", "20261201", "2026-12-1"])
+def test_the_documented_date_pattern_refuses_what_the_service_refuses(text):
+    """A client that validates against the OpenAPI document or the commands' schema learns the year range too, not
+    only the form: the service refuses a date outside it as VALIDATION_ERROR."""
+    try:
+        TypeAdapter(Day).validate_python(text)
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert bool(re.match(DOCUMENTED_DAY, text)) == accepted, text
