@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.local.ports import free_port, port_open, wait_for
+from services.local.ports import free_port, port_open, remembered_port, wait_for
 
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"
@@ -124,13 +124,16 @@ class LocalKafka:
         """`fresh`: new, empty storage (a test's or a bench's own broker). Otherwise the storage in `data_dir` is
         kept (formatted the first time only): a crashed broker comes back on the same ports, and a new
         `slotledger up` finds every topic, every message not yet taken and every group's offsets where the last
-        one left them, on new ports (the static quorum names the controller by id, not by address)."""
+        one left them, on the same ports if they are free (else on new ones: the static quorum names the controller
+        by id, not by address)."""
         lib = ensure_jars()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._stop_leftover()
-        self.port = self.port or free_port()
-        if fresh or not self.controller_port:
-            self.controller_port = free_port()
+        if fresh:
+            self.port, self.controller_port = self.port or free_port(), free_port()
+        else:  # the last start's ports where free: a local producer's bootstrap setting stays right
+            self.port = self.port or remembered_port(self.data_dir / "port")
+            self.controller_port = self.controller_port or remembered_port(self.data_dir / "controller.port")
         controller_port = self.controller_port
         log_dirs = self.data_dir / "logs"
         properties = self.data_dir / "server.properties"

@@ -13,6 +13,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def remembered_port(record: Path) -> int:
+    """The port the last start recorded in `record`, if nothing listens on it now; else a free one. Recorded for
+    the next start, so that a local server's address (and what a developer configured with it) stays the same
+    from one `slotledger up` to the next."""
+    try:
+        port = int(record.read_text())
+    except (OSError, ValueError):
+        port = 0
+    if not port or not _bindable(port):
+        port = free_port()
+    record.write_text(str(port))
+    return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers bind: a port whose last connections linger in TIME_WAIT is free to them.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.local.ports import free_port, wait_for
+from services.local.ports import remembered_port, wait_for
 
 # Postgres refuses to run as root; when we are root it runs as this user.
 PG_SYSTEM_USER = "slotledger_pg"
@@ -90,7 +90,7 @@ class LocalPostgres:
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **run_as,
             )
         self.data_dir.chmod(0o700)  # postgres refuses a wider data dir (and repairs an older checkout's)
-        self.port = self.port or free_port()
+        self.port = self.port or remembered_port(self.data_dir.parent / f"{self.data_dir.name}.port")
         options = [
             "-c", "listen_addresses=127.0.0.1", "-c", f"port={self.port}",
             "-c", f"unix_socket_directories={self.data_dir}", "-c", "max_connections=300",

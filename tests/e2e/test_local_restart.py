@@ -53,6 +53,7 @@ async def test_a_command_the_broker_took_before_a_restart_is_booked_after_it(pg_
         stack = LocalStack(settings)
         second = await asyncio.to_thread(stack.start)
         try:
+            assert second.kafka_bootstrap == first.kafka_bootstrap  # the last start's port, still free
             rt = Runtime(second, components=("gateway", "projectors", "ingestor", "relay"))
             await rt.start()
             try:

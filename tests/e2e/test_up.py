@@ -38,10 +38,11 @@ def checkout(tmp_path):
 
 @pytest.mark.parametrize("runs", [2])
 def test_up_runs_everything_locally_and_ctrl_c_stops_it_all(checkout, runs):
-    """Twice in the same checkout: the second start reuses the first one's database."""
+    """Twice in the same checkout: the second start reuses the first one's database and broker, at the same
+    addresses (what a developer pointed a local tool or producer at stays right)."""
     cwd, env = checkout
-    for _ in range(runs):
-        _up_once(cwd, env)
+    endpoints = [_up_once(cwd, env) for _ in range(runs)]
+    assert all(e == endpoints[0] for e in endpoints), endpoints
 
 
 CLI = [sys.executable, "-m", "services.cli"]
@@ -140,6 +141,7 @@ def _up_once(cwd, env):
     assert not stack.exists()
     status = subprocess.run([*cli, "status", "--json"], cwd=cwd, env=env, capture_output=True, text=True)
     assert status.returncode == 1
+    return info["database_url"], info["kafka_bootstrap"]
 
 
 def test_up_says_in_one_line_what_is_missing_without_java(checkout):
