@@ -57,9 +57,10 @@ async def ensure_topics(admin: AIOKafkaAdminClient, settings: Settings) -> None:
 async def coordinator_known(admin: AIOKafkaAdminClient, group: str, seconds: float = 5.0) -> None:
     """Wait, for at most `seconds`, until the broker names `group`'s coordinator and has it loaded. A broker that
     has just started (as `slotledger up` starts one) loads its offsets topic for a moment, creating it first on
-    the first such question if the broker is new; consumers started meanwhile each logged "Group Coordinator Request failed" errors
-    (harmless: they retry), a screenful on every start. It takes ~0.2 s there; past `seconds` (the gateway starts
-    after the broker's parts, so this is bounded short) the consumers start anyway and retry by themselves."""
+    the first such question if the broker is new; consumers started meanwhile each logged "Group Coordinator
+    Request failed" errors (harmless: they retry), a screenful on every start. It takes ~0.2 s there; past
+    `seconds` (the gateway starts after the broker's parts, so this is bounded short) the consumers start anyway
+    and retry by themselves."""
     from aiokafka.errors import KafkaConnectionError, KafkaError
 
     deadline = asyncio.get_running_loop().time() + seconds
